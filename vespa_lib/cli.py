@@ -1,0 +1,205 @@
+"""``vespa-ops``: the command line over the runbooks (SPEC.md §3). A thin layer over papermill.
+
+    vespa-ops run RUNBOOK [-f params/x.yaml] [-p name=value ...] [--timeout SEC]
+    vespa-ops list                      runbooks with their parameters, types, defaults and help
+    vespa-ops index                     rebuild outputs/index.html from the manifests
+    vespa-ops undo RUN_ID               reverse an applied run (provided by the guarded-write module)
+
+Exit codes: 0 the run passed every check; 1 the run failed (evidence still written); 2 the command
+was refused before anything ran (unknown runbook, bad parameters). The last line ``run`` prints is
+the evidence folder. Writes only under ``outputs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vespa_lib import evidence, privacy, runbook
+from vespa_lib.errors import ParameterError, VespaError
+
+KERNEL = "vespa"
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+Command = Callable[[argparse.Namespace], int]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vespa-ops``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except VespaError as exc:
+        print(f"vespa-ops: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each subcommand registers its handler (add one function to extend)."""
+    parser = argparse.ArgumentParser(prog="vespa-ops", description="Run and review the VESPA runbooks.")
+    parser.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="folder of runbooks")
+    parser.add_argument("--outputs", type=Path, default=None, help="evidence folder (default: beside notebooks/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute a runbook with papermill and write its evidence")
+    run.add_argument("runbook", help="runbook name, e.g. audit")
+    run.add_argument("-f", "--file", type=Path, help="YAML parameters file")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="override one parameter; VALUE is read as YAML (true, 3, [a, b])")
+    run.add_argument("--timeout", type=int, default=1800, help="per-cell execution timeout in seconds")
+    run.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name")
+    run.set_defaults(handler=cmd_run)
+    sub.add_parser("list", help="list runbooks and their parameters").set_defaults(handler=cmd_list)
+    sub.add_parser("index", help="rebuild outputs/index.html").set_defaults(handler=cmd_index)
+    undo = sub.add_parser("undo", help="reverse an applied run from its pre-image backup")
+    undo.add_argument("run_id")
+    undo.set_defaults(handler=cmd_undo)
+    return parser
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """(notebooks folder, repo root = its parent, outputs folder)."""
+    notebooks = args.notebooks.resolve()
+    root = notebooks.parent
+    return notebooks, root, (args.outputs or root / "outputs").resolve()
+
+
+def notebook_for(notebooks: Path, name: str) -> Path:
+    """The runbook's notebook; ParameterError naming the available ones if it does not exist."""
+    path = notebooks / (name if name.endswith(".ipynb") else f"{name}.ipynb")
+    if not path.is_file():
+        known = sorted(p.stem for p in notebooks.glob("*.ipynb"))
+        raise ParameterError(f"No runbook {name!r} in {notebooks}; available: {known or 'none'}. "
+                             "Check the name or pass --notebooks.")
+    return path
+
+
+def load_parameters(file: Path | None, overrides: list[str]) -> dict[str, Any]:
+    """Parameters from the YAML file, then ``name=value`` overrides (each value read as YAML)."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ParameterError(f"{file} must be a YAML mapping of name: value, not {type(loaded).__name__}.")
+        values.update(loaded)
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ParameterError(f"Override {item!r} is not NAME=VALUE; write e.g. -p apply=true.")
+        values[name.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return values
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate, execute through papermill, finalise the evidence (always), print the folder last."""
+    notebooks, root, outputs = _paths(args)
+    name = Path(args.runbook).stem
+    path = notebook_for(notebooks, name)
+    declared = runbook.parse_parameters(path)
+    values = load_parameters(args.file, args.param)
+    secrets = privacy.collect_secrets(dotenv_path=root / ".env")
+    runbook.validate({p.name: p.type for p in declared}, values, secrets)
+    parameters = {p.name: p.default for p in declared} | values
+    run_id, run_dir = evidence.new_run_dir(outputs, name)
+    started = datetime.now().astimezone()
+    print(f"Running {name} (run {run_id}) ...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="vespa-run-") as tmp:
+        executed = Path(tmp) / f"{name}.ipynb"
+        error = execute(path, executed, values, root=root, run_dir=run_dir, run_id=run_id,
+                        timeout=args.timeout, kernel=args.kernel)
+        manifest = evidence.finalise(run_dir, executed, runbook=name, run_id=run_id, parameters=parameters,
+                                     started_at=started, error=error, scrubber=privacy.Scrubber(secrets),
+                                     repo=root)
+    _print_summary(manifest)
+    print(run_dir)
+    return 0 if manifest["status"] == "passed" else 1
+
+
+def execute(path: Path, executed: Path, values: dict[str, Any], *, root: Path, run_dir: Path, run_id: str,
+            timeout: int, kernel: str) -> str | None:
+    """Run the notebook with papermill; return None on success, else ``"ExceptionName: message"``."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    env = {"VESPA_RUN_DIR": str(run_dir), "VESPA_RUN_ID": run_id, "VESPA_UNATTENDED": "1"}
+    try:
+        with _environment(env):
+            papermill.execute_notebook(str(path), str(executed), parameters=values, kernel_name=kernel,
+                                       cwd=str(root), execution_timeout=timeout, progress_bar=False,
+                                       log_output=False)
+    except PapermillExecutionError as exc:
+        return ANSI_RE.sub("", f"{exc.ename}: {exc.evalue}")
+    except Exception as exc:  # a kernel that dies or times out is a failed run, still with evidence
+        return ANSI_RE.sub("", f"{type(exc).__name__}: {exc}")
+    return None
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set env vars for the kernel (it inherits this process's environment), then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _print_summary(manifest: dict[str, Any]) -> None:
+    checks = manifest.get("checks") or []
+    passed = sum(1 for c in checks if c["passed"])
+    print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
+    for check in checks:
+        if not check["passed"]:
+            print(f"  FAILED {check['name']}: {check.get('detail', '')}")
+    if manifest.get("error"):
+        print(f"  error: {manifest['error']}")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print every runbook with its parameters (from each notebook's parameters cell). Read-only."""
+    notebooks, _, _ = _paths(args)
+    paths = sorted(notebooks.glob("*.ipynb"))
+    if not paths:
+        print(f"No runbooks in {notebooks}.")
+    for path in paths:
+        print(path.stem)
+        try:
+            params = runbook.parse_parameters(path)
+        except VespaError as exc:
+            print(f"  (parameters unreadable: {exc})")
+            continue
+        for p in params:
+            print(f"  {p.name}: {p.type} = {p.default!r}" + (f"  # {p.help}" if p.help else ""))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Rebuild ``outputs/index.html`` and print its path."""
+    _, _, outputs = _paths(args)
+    print(evidence.write_index(outputs))
+    return 0
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    """Placeholder until the guarded-write module provides undo (SPEC.md §7.5)."""
+    print(f"vespa-ops: cannot undo run {args.run_id}: undo is provided by the guarded-write module "
+          "(not yet available).", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
