@@ -1,0 +1,326 @@
+"""The rows one academic year's import writes, built from a snapshot (SPEC.md §6.3, issue 4 item 1).
+
+``build_rows(snapshot, "2024/2025", reference)`` decides, per object_10 record, its academic year
+and establishment by the rule chains of docs/ARCHITECTURE.md, and returns the ``students``,
+``vespa_scores`` and ``question_responses`` rows of that year, the quarantine (every record set
+aside, with a reason code and its file line) and ``rule_counts`` (how many rows each rule decided,
+how many values each drop reason removed).
+
+Read-only: nothing is written to the target. The work happens set-based in DuckDB on the
+snapshot's own connection (TEMP tables ``_rows_*``, dropped at the end; SQL in
+:mod:`vespa_lib.rows_sql`); Python only
+decodes the *distinct* raw values (a few thousand) with the ``knack`` decoders, so the SQL applies
+exactly the decoding contract, reason codes included. Never reads the clock (F1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from . import knack, rows_sql, years
+from .errors import ParameterError, SchemaError
+
+__all__ = ["ImportRows", "build_rows", "QUARANTINE_REASONS", "DROP_REASONS"]
+
+# docs/ARCHITECTURE.md "Quarantine reason codes (import)".
+QUARANTINE_REASONS = (
+    "no_email", "invalid_email", "bad_date", "stale_date", "outside_import_year", "no_establishment",
+    "unknown_establishment", "no_scores", "bad_score", "duplicate_record", "unlinked_answers",
+    "student_set_aside", "answers_without_scores",
+)
+# Values dropped and counted, never rows (ARCHITECTURE; knack.REASONS for the answer codes).
+DROP_REASONS = ("f10_cycle_copy", "unanswered", "answer_out_of_range", "answer_not_numeric",
+                "answer_not_integer")
+YEAR_RULES = ("completion_date", "snapshot_year")
+ESTABLISHMENT_RULES = ("connection", "object_6", "email_domain")
+
+STUDENT_COLUMNS = ("email", "academic_year", "knack_id", "name", "establishment_knack_id",
+                   "establishment_id", "year_group", "course", "faculty", "group", "gender",
+                   "_source_line", "_year_rule", "_establishment_rule", "is_test_account")
+SCORE_COLUMNS = ("email", "academic_year", "cycle", *rows_sql.ELEMENTS, "completion_date")
+RESPONSE_COLUMNS = ("email", "academic_year", "cycle", "question_id", "response_value")
+QUARANTINE_COLUMNS = ("object", "record_id", "source_file", "line_number", "reason", "detail", "email")
+
+
+@dataclass
+class ImportRows:
+    """The rows of one academic year (pyarrow Tables) and how they were decided."""
+
+    academic_year: str
+    students: pa.Table
+    vespa_scores: pa.Table
+    question_responses: pa.Table
+    quarantine: pa.Table
+    rule_counts: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        """Row counts per output table."""
+        return {"students": self.students.num_rows, "vespa_scores": self.vespa_scores.num_rows,
+                "question_responses": self.question_responses.num_rows,
+                "quarantine": self.quarantine.num_rows}
+
+
+def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29_percentage: bool = False,
+               establishment_scope: list[str] | None = None) -> ImportRows:
+    """Build the import rows of ``academic_year`` (a UK label such as ``2024/2025``) from ``snapshot``.
+
+    ``reference`` is a read-only connection (DuckDB, or anything with ``.sql(q)`` returning a
+    relation or DataFrame) to the target, read for ``establishments`` and existing ``students``.
+    ``establishment_scope`` (establishment knack ids) limits the rows to those schools; records of
+    other schools are counted as ``out_of_scope``. Read-only on the target and on the snapshot tables.
+    """
+    year = _import_year(academic_year)
+    scope = _scope(establishment_scope)
+    con = snapshot.con
+    # DuckDB 2.0 allows one open result per connection: finish any the caller left pending (a
+    # fetchone) before registering Arrow tables. The snapshot tables are TEMP views of this
+    # connection, so a cursor (another connection) could not see them.
+    con.complete()
+    try:
+        for obj in rows_sql.SOURCE_TABLES:
+            con.execute(rows_sql.copy_source(obj, snapshot.table(obj)))
+        _register_reference(con, reference)
+        _decode_distinct(con)
+        params = {"year": year, "first": int(year[:4]), "calendar_year": _calendar_year(year),
+                  "scoped": scope is not None, "scope": scope or []}
+        _run_records(con, params)
+        _run_answers(con, convert_q29_percentage)
+        con.execute(rows_sql.QUARANTINE, {"file10": str(snapshot.files["object_10"]),
+                                          "file29": str(snapshot.files["object_29"])})
+        return ImportRows(
+            academic_year=year,
+            students=_fetch(con, "_rows_students", STUDENT_COLUMNS),
+            vespa_scores=_fetch(con, "_rows_scores", SCORE_COLUMNS),
+            question_responses=_fetch(con, "_rows_responses", RESPONSE_COLUMNS),
+            quarantine=_fetch(con, "_rows_quarantine", QUARANTINE_COLUMNS),
+            rule_counts=_rule_counts(con),
+        )
+    finally:
+        _drop_work_tables(con)
+
+
+# ------------------------------------------------------------------------------ parameters
+
+def _import_year(label: str) -> str:
+    try:
+        year = years.canonical(label)
+    except years.YearError as exc:
+        raise ParameterError(f"academic_year: {exc}") from None
+    if years.is_calendar_label(year):
+        raise ParameterError(
+            f"academic_year {year!r} is a calendar year; import a UK year such as "
+            f"'{year[:4]}/{int(year[:4]) + 1}' (calendar-year schools' rows are counted in it, DOMAIN §4).")
+    return year
+
+
+def _calendar_year(year: str) -> str:
+    """ARCHITECTURE year rule 2: a calendar-year school's snapshot year is the calendar year
+    containing the import year's last day (31/07/2025 -> 2025/2025)."""
+    last = years.year_end(year).year
+    return f"{last}/{last}"
+
+
+def _scope(scope: list[str] | None) -> list[str] | None:
+    if scope is None:
+        return None
+    if isinstance(scope, str) or not all(isinstance(s, str) and s.strip() for s in scope) or not scope:
+        raise ParameterError(
+            f"establishment_scope must be a non-empty list of establishment knack ids, got {scope!r}. "
+            "Pass None to import every establishment.")
+    return [s.strip() for s in scope]
+
+
+# ------------------------------------------------------------------------------- reference
+
+_REF_EST = ("SELECT CAST(id AS VARCHAR) AS id, CAST(knack_id AS VARCHAR) AS knack_id, name, "
+            "is_australian, use_standard_year FROM establishments")
+_REF_STUDENTS = ("SELECT CAST(email AS VARCHAR) AS email, CAST(academic_year AS VARCHAR) AS academic_year, "
+                 "CAST(establishment_id AS VARCHAR) AS establishment_id FROM students")
+
+
+def _register_reference(con: duckdb.DuckDBPyConnection, reference: Any) -> None:
+    """Copy the target's establishments and students into TEMP tables of ``con`` (via Arrow)."""
+    est, students = _read_reference(reference, _REF_EST), _read_reference(reference, _REF_STUDENTS)
+    con.register("_rows_in_est", est)
+    con.register("_rows_in_students", students)
+    try:
+        con.execute("""CREATE OR REPLACE TEMP TABLE _rows_ref_est AS
+            SELECT id, trim(knack_id) AS knack_id, name, CAST(is_australian AS BOOLEAN) AS is_australian,
+                   CAST(use_standard_year AS BOOLEAN) AS use_standard_year FROM _rows_in_est""")
+        con.execute("""CREATE OR REPLACE TEMP TABLE _rows_ref_students AS
+            SELECT lower(trim(email)) AS email, academic_year, establishment_id FROM _rows_in_students""")
+    finally:
+        con.unregister("_rows_in_est")
+        con.unregister("_rows_in_students")
+
+
+def _read_reference(reference: Any, query: str) -> pa.Table:
+    try:
+        result = reference.sql(query)
+    except Exception as exc:  # any driver's error: the message names the table and the next step
+        raise SchemaError(
+            f"Cannot read the target for the import rules ({query.split(' FROM ')[-1]}): {exc}. "
+            "Check the target has the DOMAIN.md §6 schema (run the audit runbook).") from None
+    if hasattr(result, "to_arrow_table"):
+        return result.to_arrow_table()
+    if isinstance(result, pa.Table):
+        return result
+    return pa.Table.from_pandas(result, preserve_index=False)
+
+
+# ------------------------------------------------------------------------ distinct decoding
+
+def _distinct(con: duckdb.DuckDBPyConnection, sources: dict[str, list[str]]) -> list[str]:
+    """Distinct non-NULL raw values of the given columns (table -> columns), plus '' (blank)."""
+    parts = [f"SELECT unnest([{', '.join(rows_sql._q(c) for c in cols)}]) AS raw FROM {table}"
+             for table, cols in sources.items()]
+    found = con.execute(f"SELECT DISTINCT raw FROM ({' UNION ALL '.join(parts)}) WHERE raw IS NOT NULL")
+    return sorted({""} | {r[0] for r in found.fetchall()})
+
+
+def _lookup(con: duckdb.DuckDBPyConnection, name: str, rows: list[dict], schema: pa.Schema) -> None:
+    con.register("_rows_in_lookup", pa.Table.from_pylist(rows, schema=schema))
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _rows_in_lookup")
+    finally:
+        con.unregister("_rows_in_lookup")
+
+
+def _uk_timestamp(value: date | datetime) -> datetime:
+    """A naive UK-local timestamp for ordering (aware values converted to Europe/London)."""
+    if isinstance(value, datetime):
+        return value.astimezone(years.UK_TZ).replace(tzinfo=None) if value.tzinfo else value
+    return datetime.combine(value, time())
+
+
+def _date_row(raw: str) -> dict:
+    d = knack.decode_date(raw)
+    if not d.ok:
+        return {"raw": raw, "day": None, "ts": None, "reason": d.reason}
+    return {"raw": raw, "day": knack.completion_date(d), "ts": _uk_timestamp(d.value), "reason": None}
+
+
+def _connection_rows(raw: str) -> list[dict]:
+    d = knack.decode_connection(raw)
+    return [{"raw": raw, "oid": c.id, "identifier": c.identifier} for c in (d.value or [])]
+
+
+def _answer_row(raw: str, percentage: bool) -> dict:
+    """A Likert answer; with ``percentage`` (q29 conversion on), a value above 5 is read as a
+    percentage (DOMAIN §3): 1..5 stay Likert answers, since 1..5 % and Likert 1..5 cannot be told apart."""
+    d = knack.decode_answer(raw)
+    if percentage and d.reason == "answer_out_of_range" and _above_five(raw):
+        d = knack.decode_answer(raw, percentage=True)
+    return {"raw": raw, "pct": percentage, "value": d.value, "reason": d.reason}
+
+
+def _above_five(raw: str) -> bool:
+    try:
+        return Decimal(raw.strip(knack.NUMBER_TRIM)) > 5
+    except InvalidOperation:
+        return False
+
+
+def _link_row(raw: str) -> dict:
+    """field_792: one connection, by record id or by an identifier that is the student's email."""
+    conns = knack.decode_connection(raw).value or []
+    if len(conns) != 1:
+        return {"raw": raw, "oid": None, "email": None}
+    email = knack.decode_email(conns[0].identifier)
+    return {"raw": raw, "oid": conns[0].id, "email": email.value if email.ok else None}
+
+
+def _decode_distinct(con: duckdb.DuckDBPyConnection) -> None:
+    """Lookup tables raw -> decoded value and reason, one per kind of value (DOMAIN §3)."""
+    s, i, b = pa.string(), pa.int64(), pa.bool_()
+    emails = _distinct(con, {"_rows_src_o10": ["email"], "_rows_src_o6": ["email"], "_rows_src_o29": ["email"]})
+    _lookup(con, "_rows_email", [dict(raw=r, email=(d := knack.decode_email(r)).value, reason=d.reason)
+                                 for r in emails], pa.schema([("raw", s), ("email", s), ("reason", s)]))
+    dates = _distinct(con, {"_rows_src_o10": ["completion_date", "updated"], "_rows_src_o29": ["updated"]})
+    _lookup(con, "_rows_date", [_date_row(r) for r in dates],
+            pa.schema([("raw", s), ("day", pa.date32()), ("ts", pa.timestamp("us")), ("reason", s)]))
+    scores = _distinct(con, {"_rows_src_o10": [c for c, _, _ in rows_sql.score_columns()]})
+    _lookup(con, "_rows_score", [dict(raw=r, value=(d := knack.decode_score(r)).value, reason=d.reason)
+                                 for r in scores], pa.schema([("raw", s), ("value", i), ("reason", s)]))
+    answers = _distinct(con, {"_rows_src_o29": [c for c, _, _ in rows_sql.answer_columns()]})
+    _lookup(con, "_rows_answer", [_answer_row(r, p) for r in answers for p in (False, True)],
+            pa.schema([("raw", s), ("pct", b), ("value", i), ("reason", s)]))
+    conns = _distinct(con, {"_rows_src_o10": ["establishment", "establishment_id"], "_rows_src_o6": ["establishment", "establishment_id"]})
+    _lookup(con, "_rows_conn", [row for r in conns for row in _connection_rows(r)],
+            pa.schema([("raw", s), ("oid", s), ("identifier", s)]))
+    links = _distinct(con, {"_rows_src_o29": ["student_record", "student_record_id"]})
+    _lookup(con, "_rows_link", [_link_row(r) for r in links],
+            pa.schema([("raw", s), ("oid", s), ("email", s)]))
+
+
+# ---------------------------------------------------------------------------------- steps
+
+def _run_records(con: duckdb.DuckDBPyConnection, params: dict) -> None:
+    """object_10: scores per cycle, establishment and year chains, outcome, duplicates, rows."""
+    for sql in (rows_sql.EST_CONN, rows_sql.O6_EST, rows_sql.DOMAIN_EST, rows_sql.scores_long(),
+                rows_sql.cycles(), rows_sql.cycle_flags(), rows_sql.SCORE_SUMMARY, rows_sql.record_base()):
+        con.execute(sql)
+    con.execute(rows_sql.record_year(), {"year": params["year"], "calendar_year": params["calendar_year"]})
+    con.execute(rows_sql.RECORD_OUTCOME, {k: params[k] for k in ("first", "scoped", "scope")})
+    for sql in (rows_sql.RANKED, rows_sql.students(), rows_sql.SCORES):
+        con.execute(sql)
+
+
+def _run_answers(con: duckdb.DuckDBPyConnection, convert_q29: bool) -> None:
+    """object_29: link to students, UNPIVOT the answers, keep cycles that have scores."""
+    con.execute(rows_sql.O29_BASE)
+    con.execute(rows_sql.O29_LINK)
+    con.execute(rows_sql.answers_long(), {"convert": bool(convert_q29)})
+    con.execute(rows_sql.ANSWER_CYCLES)
+    con.execute(rows_sql.RESPONSES)
+
+
+def _drop_work_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Free the working TEMP tables (millions of answer cells at scale): the result is in Arrow."""
+    names = con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary "
+                        "AND starts_with(table_name, '_rows_')").fetchall()
+    for (name,) in names:
+        con.execute(f"DROP TABLE IF EXISTS {rows_sql._q(name)}")
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...]) -> pa.Table:
+    return con.sql(f"SELECT {', '.join(rows_sql._q(c) for c in columns)} FROM {table}").to_arrow_table()
+
+
+def _counts(con: duckdb.DuckDBPyConnection, sql: str, prefix: str = "") -> dict[str, int]:
+    return {f"{prefix}{k}": int(n) for k, n in con.execute(sql).fetchall() if k is not None}
+
+
+def _rule_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Rows per year and establishment rule, records per quarantine reason, values per drop reason."""
+    counts = {f"year_rule.{r}": 0 for r in YEAR_RULES} | {f"establishment_rule.{r}": 0 for r in ESTABLISHMENT_RULES}
+    counts |= {f"quarantine.{r}": 0 for r in QUARANTINE_REASONS} | {r: 0 for r in DROP_REASONS}
+    counts |= _counts(con, "SELECT _year_rule, count(*) FROM _rows_students GROUP BY 1", "year_rule.")
+    counts |= _counts(con, "SELECT _establishment_rule, count(*) FROM _rows_students GROUP BY 1",
+                      "establishment_rule.")
+    counts |= _counts(con, "SELECT reason, count(*) FROM _rows_quarantine GROUP BY 1", "quarantine.")
+    counts |= _counts(con, "SELECT reason, count(*) FROM _rows_answer_long WHERE value IS NULL GROUP BY 1")
+    one = {
+        "object_10_records": "SELECT count(*) FROM _rows_src_o10",
+        "object_29_records": "SELECT count(*) FROM _rows_src_o29",
+        "students": "SELECT count(*) FROM _rows_students",
+        "vespa_scores": "SELECT count(*) FROM _rows_scores",
+        "question_responses": "SELECT count(*) FROM _rows_responses",
+        "f10_cycle_copy": "SELECT coalesce(sum(b.f10_copies), 0) FROM _rows_students s "
+                          "JOIN _rows_base b USING (_record)",
+        "duplicate_record": "SELECT count(*) FROM _rows_ranked WHERE rank > 1",
+        "out_of_scope": "SELECT count(*) FROM _rows_outcome WHERE reason = 'out_of_scope'",
+        "out_of_scope.object_29": "SELECT count(*) FROM _rows_o29_link WHERE status = 'out_of_scope'",
+        "object_29_linked": "SELECT count(*) FROM _rows_o29_link WHERE status = 'linked' AND rank = 1",
+        "re_enrolled": "SELECT count(DISTINCT s.email) FROM _rows_students s JOIN _rows_ref_students r "
+                       "ON r.email = s.email AND r.academic_year <> s.academic_year",
+    }
+    for key, sql in one.items():
+        counts[key] = int(con.execute(sql).fetchall()[0][0])
+    return counts
