@@ -17,6 +17,7 @@ import csv
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 from .. import knack
@@ -151,14 +152,12 @@ def _result(out: Path, pop: Population, sinks: dict[str, Sink], report, seed: in
         outcomes={o: dict(c) for o, c in outcomes.items()}, damage=dict(report.counts))
 
 
-def generate_fresh_export(out_dir: str | Path, *, seed: int = 2025, students: int = 300) -> Path:
-    """Hook for the sync check (a later issue): a current-year export. Today it writes the same
-    population's object_10 file as a stand-in and returns the folder."""
-    result = generate(Path(out_dir) / "_work", students=students, seed=seed)
-    target = Path(out_dir) / "fresh_export"
-    target.mkdir(parents=True, exist_ok=True)
-    (target / result.snapshot_files["object_10"].name).write_bytes(result.snapshot_files["object_10"].read_bytes())
-    return target
+def generate_fresh_export(out_dir: str | Path, *, seed: int = 2025, students: int | None = None,
+                          as_of: date = date(2026, 3, 15)) -> Path:
+    """The current-year "fresh export" for the sync check: see ``vespa_lib.synth.fresh``."""
+    from .fresh import generate_fresh_export as fresh  # loaded on use: only the sync check needs it
+
+    return fresh(out_dir, seed=seed, students=students, as_of=as_of)
 
 
 def main(argv: list[str] | None = None) -> int:
