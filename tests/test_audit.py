@@ -346,7 +346,7 @@ def test_unknown_fail_on_is_refused():
 @pytest.mark.notebook
 def test_notebook_end_to_end(generated, tmp_path, capsys):
     argv = ["--notebooks", str(REPO / "notebooks"), "--outputs", str(tmp_path), "run", "audit",
-            "-p", f"target=duckdb:{generated.database}"]
+            "-p", f"target=duckdb:{generated.database}", "-p", f"backup_dir={tmp_path / 'backups'}"]
     assert cli.main(argv) == 0
     first = Path(capsys.readouterr().out.strip().splitlines()[-1])
     manifest = json.loads((first / "manifest.json").read_text())
@@ -355,6 +355,12 @@ def test_notebook_end_to_end(generated, tmp_path, capsys):
     assert checks["f10_cycle_copies"]["figures"]["count"] == generated.damage["f10_copy_rows"]
     assert checks["backup_matches_counts"]["passed"]
     assert {b["table"] for b in manifest["backup"]} == {t.name for t in schema.PRODUCTION_TABLES}
+    # the restore point holds raw data: outside the evidence folder, owner-only (SPEC.md §8)
+    restore = Path(manifest["restore_point"])
+    assert first not in restore.parents and (tmp_path / "backups") in restore.parents
+    assert {p.name for p in restore.glob("*.parquet")} == {f"{t.name}.parquet" for t in schema.PRODUCTION_TABLES}
+    assert restore.stat().st_mode & 0o077 == 0
+    assert not list(first.rglob("*.parquet"))
     assert cli.main([*argv, "-p", "fail_on=[F10]"]) == 1
     second = Path(capsys.readouterr().out.strip().splitlines()[-1])
     manifest = json.loads((second / "manifest.json").read_text())

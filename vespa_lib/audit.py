@@ -29,6 +29,7 @@ from .audit_catalog import keys_and_indexes, rls_state
 from .audit_history import (
     backup,
     backup_mismatches,
+    restore_point_dir,
     compare_previous,
     content_checksum,
     find_previous,
@@ -41,7 +42,7 @@ from .errors import YearError
 __all__ = [
     "CATALOGUE", "Finding", "Section", "Source", "as_source", "record", "summary", "validate_fail_on",
     "counts", "noncanonical_labels", "keys_and_indexes", "duplicates", "orphans", "test_accounts",
-    "national_coverage", "rls_state", "compare_previous", "find_previous", "backup", "backup_mismatches", "content_checksum",
+    "national_coverage", "rls_state", "compare_previous", "find_previous", "backup", "backup_mismatches", "restore_point_dir", "content_checksum",
     "rows_per_year_chart", "scores_per_cycle_chart",
 ]
 

@@ -125,6 +125,19 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def restore_point_dir(root: Path | str, run_id: str, when: str) -> Path:
+    """The folder for one audit's restore point: ``<root>/<YYYY-MM-DD>/<run_id>/``, owner-only (0700).
+
+    Restore points hold raw personal data (a masked backup could restore nothing), so they are kept
+    OUTSIDE the shareable evidence folder (SPEC.md §8: evidence is masked); the manifest records their
+    location, row counts and checksums."""
+    path = Path(root) / when / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in (Path(root), Path(root) / when, path):
+        folder.chmod(0o700)
+    return path
+
+
 def backup(t, out_dir: Path | str) -> pd.DataFrame:
     """Write every audited production table to ``out_dir/<table>.parquet`` (via Arrow) and return
     per table: rows, file, bytes, file SHA-256 and the order-independent content checksum — the
