@@ -1,0 +1,139 @@
+"""The guarded-write protocol (SPEC.md §7.2-7.5) on real DuckDB files and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from test_plan import CUR, EST_A, OLD, apply, connect, desired, migrate, open_target, students
+
+from vespa_lib.errors import GuardRefused, ValidationFailed
+from vespa_lib.guard import LOCK_KEY, apply_plan, apply_undo, plan_undo, table_checksums, verify
+from vespa_lib.plan import plan_changes, scalar
+
+DATA = ["students", "vespa_scores", "question_responses", "academic_years", "school_statistics",
+        "national_statistics"]
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def con(request, duckdb_path):
+    """A seeded, migrated target of each kind."""
+    yield from open_target(request, duckdb_path)
+
+
+def test_approval_mismatch_writes_nothing(con):
+    want = desired(students(OLD, EST_A, 3))
+    plan = plan_changes(con, want)
+    before = table_checksums(con, DATA)
+    with pytest.raises(GuardRefused, match="plan changed since it was approved"):
+        apply_plan(con, desired(students(OLD, EST_A, 4)), approve=plan.fingerprint, run_id="r1",
+                   runbook="t", actor="a", recompute=False)
+    assert table_checksums(con, DATA) == before
+    assert con.execute("SELECT count(*) FROM vespa_ops.ledger WHERE run_id = 'r1'").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(("approve", "target_kind", "refused"), [
+    ("", "duckdb", True),
+    ("auto", "postgres", True),
+    ("auto", "duckdb", False),
+])
+def test_auto_approval_only_on_duckdb(con, approve, target_kind, refused):
+    dialect = "postgres" if isinstance(con, psycopg.Connection) else "duckdb"
+    kw = {"run_id": "r1", "runbook": "t", "actor": "a", "recompute": False, "target_kind": target_kind}
+    if refused or dialect == "postgres":
+        with pytest.raises(GuardRefused, match="approv"):
+            apply_plan(con, desired(students(OLD, EST_A, 1)), approve=approve, **kw)
+    else:
+        assert apply_plan(con, desired(students(OLD, EST_A, 1)), approve=approve, **kw).applied
+
+
+def test_apply_then_repeat_changes_nothing_and_ledger_has_counts(con, tmp_path):
+    want = desired(students(OLD, EST_A, 3), cycles=(1, 2))
+    result = apply(con, want, "r1", backup_dir=tmp_path / "bk", parameters={"snapshot": "x", "db_password": "pw"})
+    assert result.applied["applied"]["question_responses"] == {"insert": 12, "update": 0, "delete": 0}
+    assert verify(con, want).is_empty
+    again = plan_changes(con, want)
+    assert again.is_empty and again.counts()["vespa_scores"][OLD]["unchanged"] == 6
+    status, counts, params = con.execute("SELECT status, CAST(counts AS TEXT), CAST(parameters AS TEXT) "
+                                         "FROM vespa_ops.ledger WHERE run_id = 'r1'").fetchone()
+    assert status == "applied" and json.loads(counts)["applied"]["students"]["insert"] == 3
+    assert "pw" not in params and json.loads(params)["snapshot"] == "x"
+    assert (tmp_path / "bk" / "backup_students.parquet").exists()
+
+
+def test_update_backs_up_pre_image_and_undo_restores_exact_checksums(con):
+    apply(con, desired(students(OLD, EST_A, 3)), "r1")
+    apply(con, desired(students(CUR, EST_A, 2), years=[CUR]), "r2")
+    before = table_checksums(con, DATA)
+    # DuckDB cannot delete a parent and its children in one transaction (its FK limitation, schema.py)
+    pg = isinstance(con, psycopg.Connection)
+    rows = students(OLD, EST_A, 2, name="Renamed") + students(OLD, EST_A, 5)[2 if not pg else 3:]
+    result = apply(con, desired(rows, score=8, allow_delete=pg), "r3", archive_years=[OLD])
+    assert result.applied["applied"]["students"] == {"insert": 2, "update": 2, "delete": int(pg)}
+    assert scalar(con, "SELECT count(*) FROM students WHERE academic_year = ? AND NOT is_archived", [OLD]) == 0
+    assert con.execute("SELECT count(*) FROM vespa_ops.backup_students WHERE _run_id = 'r3'").fetchone()[0] >= 5
+    undo = plan_undo(con, "r3")
+    assert undo.counts()["students"][OLD]["delete"] == 2
+    if not pg:
+        with pytest.raises(GuardRefused, match="DuckDB cannot do in one transaction"):
+            apply_undo(con, "r3", approve=undo.fingerprint, undo_run_id="u3", actor="a")
+        return
+    apply_undo(con, "r3", approve=undo.fingerprint, undo_run_id="u3", actor="a")
+    assert table_checksums(con, DATA) == before
+    with pytest.raises(GuardRefused, match="only an applied run"):
+        plan_undo(con, "r3")
+
+
+def test_undo_of_an_update_only_run_restores_checksums(con):
+    apply(con, desired(students(OLD, EST_A, 3)), "r1")
+    before = table_checksums(con, DATA)
+    apply(con, desired(students(OLD, EST_A, 3, name="Changed"), score=9), "r2", archive_years=[OLD])
+    assert table_checksums(con, DATA) != before
+    undo = plan_undo(con, "r2")
+    with pytest.raises(GuardRefused, match="plan changed"):
+        apply_undo(con, "r2", approve="0" * 64, undo_run_id="u2", actor="a")
+    apply_undo(con, "r2", approve=undo.fingerprint, undo_run_id="u2", actor="a")
+    assert table_checksums(con, DATA) == before
+
+
+def test_counts_mismatch_rolls_everything_back(con):
+    before = table_checksums(con, DATA)
+
+    def sneaky(connection, dialect, years, establishment_ids):
+        connection.execute(f"INSERT INTO students (knack_id, email, academic_year) VALUES ('z', 'z@z.uk', '{OLD}')")
+
+    with pytest.raises(ValidationFailed, match="rolled back"):
+        apply(con, desired(students(OLD, EST_A, 3)), "r1", recompute=sneaky)
+    assert table_checksums(con, DATA) == before
+    assert con.execute("SELECT count(*) FROM vespa_ops.ledger WHERE run_id = 'r1'").fetchone()[0] == 0
+
+
+def test_recompute_hook_gets_touched_years_and_runs_in_the_transaction(con):
+    seen = {}
+
+    def hook(connection, dialect, years, establishment_ids):
+        seen.update(years=years, dialect=dialect,
+                    n=connection.execute("SELECT count(*) FROM students").fetchone()[0])
+
+    apply(con, desired(students(OLD, EST_A, 3)), "r1", recompute=hook)
+    assert seen["years"] == [OLD] and seen["n"] == 3
+
+
+@pytest.mark.postgres
+def test_second_concurrent_writer_is_refused(pg_dsn):
+    target = connect("postgres", pg_dsn)
+    migrate(target)
+    holder = psycopg.connect(pg_dsn)
+    try:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_KEY])  # held inside an open transaction
+        want = desired(students(OLD, EST_A, 2))
+        before = table_checksums(target, DATA)
+        with pytest.raises(GuardRefused, match="another guarded run holds the write lock"):
+            apply(target, want, "r1")
+        assert table_checksums(target, DATA) == before
+        holder.rollback()
+        assert apply(target, want, "r2").applied["applied"]["students"]["insert"] == 2
+    finally:
+        holder.close()
+        target.close()

@@ -1,0 +1,203 @@
+"""Planning (SPEC.md §7.1): counts per table × year, refusals (archived year, F16 scope), fingerprint.
+
+Also holds the small hand-built data set the guard, protect, migrations and crash tests share
+(``seed``, ``desired``), so every test states its rows in one place.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pytest
+
+from vespa_lib.errors import ValidationFailed
+from vespa_lib.plan import Desired, plan_changes
+from vespa_lib.schema import create_schema
+
+EST_A = "00000000-0000-0000-0000-0000000000aa"
+EST_B = "00000000-0000-0000-0000-0000000000bb"
+OLD, CUR = "2024/2025", "2025/2026"
+QUESTIONS = ("q1", "q2")
+
+
+def connect(kind: str, pg_dsn: str | None = None, duckdb_path=None):
+    """A fresh connection to a seeded target: DuckDB file or PostgreSQL (autocommit)."""
+    if kind == "duckdb":
+        con = duckdb.connect(str(duckdb_path))
+    else:
+        con = psycopg.connect(pg_dsn, autocommit=True)
+    seed(con)
+    return con
+
+
+def seed(con, *, workbook: bool = True, legacy: bool = False) -> None:
+    """Two schools and two academic years, nothing archived."""
+    create_schema(con, workbook=workbook, legacy_email_key=legacy)
+    con.execute("INSERT INTO establishments (id, knack_id, name) VALUES "
+                f"('{EST_A}', 'kA', 'School A'), ('{EST_B}', 'kB', 'School B')")
+    con.execute("INSERT INTO academic_years (academic_year, start_date, end_date, is_current) VALUES "
+                "('2024/2025', '2024-08-01', '2025-07-31', false), ('2025/2026', '2025-08-01', '2026-07-31', true)")
+
+
+def students(year: str, est: str, n: int, *, prefix: str = "s", name: str = "Name") -> list[dict]:
+    return [{"email": f"{prefix}{i}@{est[-2:]}.school.uk", "academic_year": year, "knack_id": f"k{prefix}{i}{year[:4]}",
+             "name": f"{name} {i}", "establishment_id": est, "year_group": "12", "course": None,
+             "faculty": None, "group": "G1", "gender": None, "_source_line": i} for i in range(n)]
+
+
+def desired(rows: list[dict], *, years=(OLD,), ests=None, allow_delete=False, score: int = 5,
+            cycles=(1,), with_answers=True) -> Desired:
+    """Desired students plus one score row per cycle and answers for each of QUESTIONS."""
+    scores = [{"email": r["email"], "academic_year": r["academic_year"], "cycle": c,
+               **dict.fromkeys(("vision", "effort", "systems", "practice", "attitude", "overall"), score),
+               "completion_date": date(int(r["academic_year"][:4]), 10, 1)} for r in rows for c in cycles]
+    answers = [{"email": r["email"], "academic_year": r["academic_year"], "cycle": c, "question_id": qid,
+                "response_value": min(score, 5)} for r in rows for c in cycles for qid in QUESTIONS]
+    tables = {"students": pa.Table.from_pylist(rows, schema=_STUDENT_SCHEMA),
+              "vespa_scores": pa.Table.from_pylist(scores, schema=_SCORE_SCHEMA)}
+    if with_answers:
+        tables["question_responses"] = pa.Table.from_pylist(answers, schema=_ANSWER_SCHEMA)
+    return Desired(tables, years=list(years), establishment_ids=ests, allow_delete=allow_delete)
+
+
+_S = pa.string()
+_STUDENT_SCHEMA = pa.schema([(c, _S) for c in ("email", "academic_year", "knack_id", "name", "establishment_id",
+                                                "year_group", "course", "faculty", "group", "gender")]
+                            + [("_source_line", pa.int64())])
+_SCORE_SCHEMA = pa.schema([("email", _S), ("academic_year", _S), ("cycle", pa.int64())]
+                          + [(c, pa.int64()) for c in ("vision", "effort", "systems", "practice", "attitude", "overall")]
+                          + [("completion_date", pa.date32())])
+_ANSWER_SCHEMA = pa.schema([("email", _S), ("academic_year", _S), ("cycle", pa.int64()), ("question_id", _S),
+                            ("response_value", pa.int64())])
+
+
+def migrate(con) -> None:
+    """Apply pending migrations (PostgreSQL: the archive triggers) through the guard."""
+    from vespa_lib.guard import apply_plan
+
+    plan = plan_changes(con, desired([], years=[OLD]))
+    if plan.migrations:
+        apply_plan(con, desired([], years=[OLD]), approve=plan.fingerprint, run_id="migrate", runbook="test",
+                   actor="pytest", recompute=False)
+
+
+def open_target(request, duckdb_path):
+    """A seeded, migrated target of the kind ``request.param`` names (shared by the con fixtures)."""
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
+    connection = connect(request.param, dsn, duckdb_path)
+    migrate(connection)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def con(request, duckdb_path):
+    """A seeded, migrated target of each kind."""
+    yield from open_target(request, duckdb_path)
+
+
+def apply(con, want: Desired, run_id: str, **kw):
+    from vespa_lib.guard import apply_plan
+
+    plan = plan_changes(con, want, archived_write_years=kw.get("archived_write_years", ()),
+                        archive_years=kw.get("archive_years", ()))
+    return apply_plan(con, want, approve=plan.fingerprint, run_id=run_id, runbook="test", actor="pytest",
+                      recompute=kw.pop("recompute", False), **kw)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def test_first_plan_inserts_everything(con):
+    plan = plan_changes(con, desired(students(OLD, EST_A, 3), cycles=(1, 2)))
+    assert plan.counts() == {
+        "students": {OLD: {"insert": 3, "update": 0, "unchanged": 0, "delete": 0, "refused": 0}},
+        "vespa_scores": {OLD: {"insert": 6, "update": 0, "unchanged": 0, "delete": 0, "refused": 0}},
+        "question_responses": {OLD: {"insert": 12, "update": 0, "unchanged": 0, "delete": 0, "refused": 0}},
+    }
+    assert not plan.is_empty and plan.migrations == []
+    assert plan.summary_frame()["insert"].sum() == 21
+
+
+def test_updates_name_changed_columns_and_samples(con):
+    apply(con, desired(students(OLD, EST_A, 3)), "r1")
+    rows = students(OLD, EST_A, 3)
+    rows[0]["name"] = "Renamed"
+    plan = plan_changes(con, desired(rows, score=7))
+    assert plan.counts()["students"][OLD] == {"insert": 0, "update": 1, "unchanged": 2, "delete": 0, "refused": 0}
+    assert plan.counts()["vespa_scores"][OLD]["update"] == 3
+    assert plan.changed_columns["students"] == ["name"]
+    sample = plan.samples["students"][0]["changes"]["name"]
+    assert sample == {"before": "Name 0", "after": "Renamed"}
+    assert '"fingerprint"' in plan.to_json()
+
+
+def test_deletes_only_when_asked_and_only_in_scope(con):
+    apply(con, desired(students(OLD, EST_A, 3)), "r1")
+    apply(con, desired(students(CUR, EST_A, 2), years=[CUR]), "r2")
+    keep = students(OLD, EST_A, 2)
+    assert plan_changes(con, desired(keep)).counts()["students"][OLD]["delete"] == 0
+    plan = plan_changes(con, desired(keep, allow_delete=True))
+    assert plan.counts()["students"] == {OLD: {"insert": 0, "update": 0, "unchanged": 2, "delete": 1, "refused": 0}}
+    assert plan.counts()["question_responses"][OLD]["delete"] == 2
+    assert CUR not in plan.counts()["students"]  # another year is never deleted
+
+
+def test_f16_scope_to_establishment_a_never_touches_b(con):
+    apply(con, desired(students(OLD, EST_A, 2) + students(OLD, EST_B, 2, prefix="b")), "r1")
+    rows = students(OLD, EST_A, 2, name="New") + students(OLD, EST_B, 2, prefix="b", name="New")
+    plan = plan_changes(con, desired(rows, ests=[EST_A], allow_delete=True))
+    assert plan.counts()["students"][OLD] == {"insert": 0, "update": 2, "unchanged": 0, "delete": 0, "refused": 2}
+    assert plan.refused_reasons["students"] == {"outside_establishment_scope": 2}
+    only_a = plan_changes(con, desired(students(OLD, EST_A, 2), ests=[EST_A], allow_delete=True))
+    assert only_a.counts()["students"][OLD]["delete"] == 0  # B's rows are not "missing": out of scope
+    assert all(c["delete"] == 0 for t in only_a.counts().values() for c in t.values())
+
+
+@pytest.mark.parametrize(("year", "years", "write_years", "reason"), [
+    (CUR, [OLD], (), "outside_year_scope"),
+    (OLD, [OLD], (), "archived_year"),
+    (OLD, [OLD], (OLD,), None),
+])
+def test_refusals_by_year(con, year, years, write_years, reason):
+    apply(con, desired([]), "arch", archive_years=[OLD])
+    plan = plan_changes(con, desired(students(year, EST_A, 2), years=years), archived_write_years=write_years)
+    cell = plan.counts()["students"][year]
+    assert (cell["refused"], cell["insert"]) == ((2, 0) if reason else (0, 2))
+    assert plan.refused_reasons["students"] == ({reason: 2} if reason else {})
+
+
+def test_scores_without_a_student_are_refused(con):
+    want = desired(students(OLD, EST_A, 1))
+    want.tables["students"] = want.tables["students"].slice(0, 0)
+    plan = plan_changes(con, want)
+    assert plan.refused_reasons["vespa_scores"] == {"no_student": 1}
+
+
+def test_duplicate_natural_keys_are_an_error(con):
+    rows = students(OLD, EST_A, 1) * 2
+    with pytest.raises(ValidationFailed, match="repeat the natural key"):
+        plan_changes(con, desired(rows))
+
+
+def test_fingerprint_stable_and_sensitive(con):
+    want = desired(students(OLD, EST_A, 3))
+    first = plan_changes(con, want).fingerprint
+    assert plan_changes(con, want).fingerprint == first
+    assert plan_changes(con, desired(students(OLD, EST_A, 4))).fingerprint != first
+    assert plan_changes(con, desired(students(OLD, EST_A, 3), score=6)).fingerprint != first
+    con.execute(f"INSERT INTO students (knack_id, email, academic_year, establishment_id) "
+                f"VALUES ('x', 'other@x.uk', '{OLD}', '{EST_B}')")
+    assert plan_changes(con, want).fingerprint != first  # the state it was computed against changed
+
+
+def test_planning_is_read_only(con):
+    from vespa_lib.guard import table_checksums
+
+    tables = ["students", "vespa_scores", "question_responses", "academic_years"]
+    before = table_checksums(con, tables)
+    plan_changes(con, desired(students(OLD, EST_A, 3)))
+    assert table_checksums(con, tables) == before

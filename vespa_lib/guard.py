@@ -1,0 +1,536 @@
+"""Guarded writes (SPEC.md §7.2-7.5): approve, apply in one transaction, verify. Writes only here.
+
+``apply_plan`` follows docs/ARCHITECTURE.md "Guarded writes" step by step:
+
+1. approval is required; ``auto`` only on a DuckDB target (a production target never auto-approves);
+2. ONE transaction; on PostgreSQL ``pg_try_advisory_xact_lock(LOCK_KEY)`` (a second writer is
+   refused, not queued); DuckDB is single-writer by its file lock;
+3. re-plan inside the transaction (``plan.stage_and_classify``) and compare the fingerprint with
+   ``approve``; a mismatch writes nothing;
+4. pending migrations, if the plan is a migration plan, are applied and recorded;
+5. transaction-local ``vespa.run_id``/``vespa.allowed_years`` and an ``applying`` ledger row (plus
+   archive grants) in the same transaction, so the archive triggers let this run, and only this run,
+   write the years it was granted;
+6. pre-image backup into ``vespa_ops.backup_<table>`` (and Parquet in ``backup_dir``); set-based
+   merge from the staged rows (students first, then scores and answers resolved by email + year);
+   statistics recomputed by a hook; archive markers; ledger completed; row counts compared with
+   the plan: any difference raises and everything rolls back.
+
+``VESPA_CRASH_AT=copy|merge|before_commit`` makes the process announce ``VESPA_CRASH_READY`` and
+sleep at that point, so tests can SIGKILL an apply there (SPEC.md §9 reliability).
+Undo (``plan_undo``/``apply_undo``) reverses a run from its backup as its own guarded run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vespa_lib.errors import GuardRefused, ValidationFailed
+from vespa_lib.migrations import ARCHIVED_TABLES, apply_pending
+from vespa_lib.plan import (
+    SPECS,
+    Desired,
+    Plan,
+    archived_years,
+    checksum_expr,
+    in_list,
+    live_sql,
+    plan_changes,
+    q,
+    row_text_expr,
+    run,
+    scalar,
+    stage_and_classify,
+)
+from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of, table_columns
+from vespa_lib.years import year_bounds
+
+__all__ = ["CRASH_ENV", "LOCK_KEY", "ApplyResult", "apply_plan", "apply_undo", "plan_undo",
+           "table_checksums", "verify", "write_transaction"]
+
+LOCK_KEY = 0x56455350_41  # "VESPA": the one advisory lock every guarded run takes
+CRASH_ENV = "VESPA_CRASH_AT"
+STATS_TABLES = ("school_statistics", "national_statistics")
+OPS_SCHEMA = WORKBOOK_SCHEMA
+_SECRET_WORDS = ("password", "secret", "token", "dsn", "key", "credential")
+
+
+@dataclass
+class ApplyResult:
+    """What a guarded run wrote: the plan it applied, actual counts, backup files."""
+
+    run_id: str
+    fingerprint: str
+    plan: Plan
+    applied: dict = field(default_factory=dict)
+    migrations: list[dict] = field(default_factory=list)
+    backup_files: list[str] = field(default_factory=list)
+    status: str = "applied"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: announce and sleep at ``name`` when VESPA_CRASH_AT says so (killed there by tests)."""
+    if os.environ.get(CRASH_ENV) == name:
+        print(f"VESPA_CRASH_READY {name}", flush=True)
+        sys.stdout.flush()
+        time.sleep(600)
+
+
+@contextmanager
+def write_transaction(con: Any) -> Iterator[None]:
+    """ONE transaction: commit on success, roll back and re-raise on any error."""
+    if dialect_of(con) == "postgres":
+        with con.transaction():
+            yield
+        return
+    con.begin()
+    try:
+        yield
+    except BaseException:
+        con.rollback()
+        raise
+    con.commit()
+
+
+def _check_approval(approve: str, dialect: str, target_kind: str | None) -> None:
+    if not approve:
+        raise GuardRefused("No approval given: nothing was written. Review the plan and pass "
+                           "approve=<its fingerprint>.")
+    if approve == "auto" and (dialect != "duckdb" or target_kind not in (None, "duckdb")):
+        raise GuardRefused(f"approve='auto' refused for a {target_kind or dialect} target: automatic approval "
+                           "is for DuckDB rehearsals only (SPEC.md §7.2). Pass the reviewed plan's fingerprint.")
+
+
+def _lock(con: Any) -> None:
+    if dialect_of(con) == "postgres" and not scalar(con, "SELECT pg_try_advisory_xact_lock(?)", [LOCK_KEY]):
+        raise GuardRefused("another guarded run holds the write lock (pg advisory lock "
+                           f"{LOCK_KEY}): nothing was written. Wait for it to finish, then re-plan and apply.")
+
+
+def _check_fingerprint(plan: Plan, approve: str) -> None:
+    if approve != "auto" and approve != plan.fingerprint:
+        raise GuardRefused(f"The plan changed since it was approved (approved {approve[:12]}…, now "
+                           f"{plan.fingerprint[:12]}…): nothing was written. Re-plan, review, approve again.")
+
+
+def _clean(parameters: dict | None) -> dict:
+    """Parameters without secrets (SPEC.md §4): values of secret-looking names are dropped."""
+    return {k: ("<removed>" if any(w in k.lower() for w in _SECRET_WORDS) else v)
+            for k, v in (parameters or {}).items()}
+
+
+def _json(con: Any) -> str:
+    return "JSONB" if dialect_of(con) == "postgres" else "JSON"
+
+
+def _open_run(con: Any, run_id: str, info: dict, years: list[str], grants: list[str]) -> None:
+    """Settings the triggers read, the ``applying`` ledger row and archive grants, in this transaction."""
+    if dialect_of(con) == "postgres":
+        run(con, "SELECT set_config('vespa.run_id', ?, true), set_config('vespa.allowed_years', ?, true)",
+            [run_id, ",".join(grants)])
+    run(con, f"INSERT INTO {OPS_SCHEMA}.ledger (run_id, runbook, actor, status, target, parameters, fingerprint, "
+             f"years) VALUES (?, ?, ?, 'applying', ?, CAST(? AS {_json(con)}), ?, CAST(? AS {_json(con)}))",
+        [run_id, info["runbook"], info["actor"], info.get("target_kind"), json.dumps(_clean(info.get("parameters")),
+         default=str), info["fingerprint"], json.dumps(sorted(years))])
+    for year in sorted(set(grants)):
+        run(con, f"INSERT INTO {OPS_SCHEMA}.archive_grants (run_id, academic_year, granted_by) VALUES (?, ?, ?)",
+            [run_id, year, info["actor"]])
+
+
+def _close_run(con: Any, run_id: str, counts: dict) -> None:
+    run(con, f"UPDATE {OPS_SCHEMA}.ledger SET status = 'applied', finished_at = current_timestamp, "
+             f"counts = CAST(? AS {_json(con)}) WHERE run_id = ?", [json.dumps(counts, default=str), run_id])
+
+
+def _resolve_hook(recompute: Callable | None | bool) -> Callable | None:
+    """``None``: vespa_lib.stats.recompute_statistics if that module exists; ``False``: no recompute."""
+    if recompute is False:
+        return None
+    if recompute is not None:
+        return recompute
+    try:
+        from vespa_lib import stats  # noqa: PLC0415 - written concurrently; optional until it lands
+    except ImportError:
+        return None
+    return getattr(stats, "recompute_statistics", None)
+
+
+# --- backup --------------------------------------------------------------------------------------
+
+
+def _backup_cols(con: Any, table: str) -> list[str]:
+    backup = {c["name"] for c in table_columns(con, f"backup_{table}", OPS_SCHEMA)}
+    return [c["name"] for c in table_columns(con, table) if c["name"] in backup]
+
+
+def _backup_rows(con: Any, run_id: str, table: str, where: str, params: list, op: str) -> int:
+    """Copy live rows matching ``where`` into vespa_ops.backup_<table> as pre-images."""
+    cols = ", ".join(q(c) for c in _backup_cols(con, table))
+    return run(con, f"INSERT INTO {OPS_SCHEMA}.backup_{table} ({cols}, _run_id, _op) SELECT {cols}, ?, ? "
+                    f"FROM {table} t WHERE {where}", [run_id, op, *params])[0][0]
+
+
+def _planned_ids(spec_name: str, ops: tuple[str, ...]) -> str:
+    return (f"t.id IN (SELECT lid FROM vespa_plan_{spec_name} WHERE refused IS NULL AND op IN "
+            f"({', '.join(repr(o) for o in ops)}))")
+
+
+def _inserted_ids(spec: Any) -> str:
+    on = " AND ".join(f"l.{q(k)} = p.{q(k)}" for k in spec.keys)
+    return (f"t.id IN (SELECT l.lid FROM ({live_sql(spec, list(spec.keys))}) l JOIN vespa_plan_{spec.name} p "
+            f"ON {on} WHERE p.op = 'insert' AND p.refused IS NULL)")
+
+
+def _write_parquet(con: Any, run_id: str, backup_dir: Path | None) -> list[str]:
+    """Evidence copy of this run's backup rows (SPEC.md §7.3: inside the database and in evidence)."""
+    if backup_dir is None:
+        return []
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for table in [s.name for s in SPECS] + list(STATS_TABLES) + ["academic_years"]:
+        cur_cols = [c["name"] for c in table_columns(con, f"backup_{table}", OPS_SCHEMA)]
+        rows = run(con, f"SELECT * FROM {OPS_SCHEMA}.backup_{table} WHERE _run_id = ?", [run_id])
+        if not rows:
+            continue
+        data = {c: [str(r[i]) if r[i] is not None else None for r in rows] for i, c in enumerate(cur_cols)}
+        path = backup_dir / f"backup_{table}.parquet"
+        pq.write_table(pa.table(data), path)
+        files.append(str(path))
+    return files
+
+
+# --- merge ---------------------------------------------------------------------------------------
+
+
+def _archived_expr(years: list[str]) -> tuple[str, list]:
+    return (f"d.academic_year IN {in_list(years)}", list(years)) if years else ("false", [])
+
+
+def _insert(con: Any, spec: Any, cols: list[str], marked: list[str]) -> int:
+    on = " AND ".join(f"p.{q(k)} = d.{q(k)}" for k in spec.keys)
+    expr, params = _archived_expr(marked)
+    if spec.via_student:
+        target = ["student_id", *(c for c in cols if c != "email")]
+        values = ["s.id", *(f"d.{q(c)}" for c in cols if c != "email")]
+        join = "JOIN students s ON s.email = d.email AND s.academic_year = d.academic_year"
+    else:
+        target, values, join = cols, [f"d.{q(c)}" for c in cols], ""
+    return run(con, f"INSERT INTO {spec.name} ({', '.join(q(c) for c in target)}, is_archived) "
+                    f"SELECT {', '.join(values)}, {expr} FROM vespa_stage_{spec.name} d JOIN vespa_plan_{spec.name} p "
+                    f"ON {on} {join} WHERE p.op = 'insert' AND p.refused IS NULL", params)[0][0]
+
+
+def _update(con: Any, spec: Any, cols: list[str]) -> int:
+    compared = [c for c in cols if c not in spec.keys and not _duck_fk_column(con, spec, c)]
+    if not compared:
+        return 0
+    on = " AND ".join(f"p.{q(k)} = d.{q(k)}" for k in spec.keys)
+    sets = ", ".join(f"{q(c)} = d.{q(c)}" for c in compared)
+    if spec.name == "students":
+        sets += ", updated_at = current_timestamp"
+    return run(con, f"UPDATE {spec.name} SET {sets} FROM (SELECT p.lid AS vespa_lid, d.* FROM vespa_stage_{spec.name} d "
+                    f"JOIN vespa_plan_{spec.name} p ON {on} WHERE p.op = 'update' AND p.refused IS NULL) d "
+                    f"WHERE {spec.name}.id = d.vespa_lid")[0][0]
+
+
+def _duck_fk_column(con: Any, spec: Any, column: str) -> bool:
+    """DuckDB indexes FK columns and cannot update them on a referenced row (schema.py limits)."""
+    return dialect_of(con) == "duckdb" and spec.name == "students" and column == "establishment_id"
+
+
+def _refuse_duck_limits(con: Any, plan: Plan) -> None:
+    if dialect_of(con) == "duckdb" and "establishment_id" in plan.changed_columns.get("students", []):
+        raise GuardRefused("The plan moves existing students to another establishment, which DuckDB cannot do "
+                           "in place (a foreign-key column of a referenced row): nothing was written. Apply this "
+                           "change on PostgreSQL, or delete and re-import the students concerned.")
+
+
+def _merge(con: Any, plan: Plan, run_id: str, marked: list[str]) -> dict:
+    """Backups, then deletes (children first), inserts and updates (students first). Counts per table."""
+    present = [s for s in SPECS if s.name in plan.counts_by_table]
+    applied: dict[str, dict[str, int]] = {s.name: {} for s in present}
+    for spec in present:
+        _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("update",)), [], "update")
+        _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("delete",)), [], "delete")
+    for spec in reversed(present):
+        applied[spec.name]["delete"] = run(con, f"DELETE FROM {spec.name} WHERE id IN (SELECT lid FROM "
+                                                f"vespa_plan_{spec.name} WHERE op = 'delete' AND refused IS NULL)")[0][0]
+    for spec in present:
+        cols = plan.staged[spec.name]
+        applied[spec.name]["insert"] = _insert(con, spec, cols, marked)
+        applied[spec.name]["update"] = _update(con, spec, cols)
+        _backup_rows(con, run_id, spec.name, _inserted_ids(spec), [], "insert")
+        crash_point("merge")
+    return applied
+
+
+def _planned_totals(plan: Plan) -> dict:
+    return {t: {op: sum(c[op] for c in years.values()) for op in ("insert", "update", "delete")}
+            for t, years in plan.counts_by_table.items()}
+
+
+def _year_counts(con: Any) -> dict:
+    out = {}
+    for spec in SPECS:
+        rows = run(con, f"SELECT academic_year, count(*) FROM {spec.name} GROUP BY 1")
+        out[spec.name] = {y: n for y, n in rows}
+    return out
+
+
+def _check_counts(plan: Plan, applied: dict, before: dict, after: dict) -> None:
+    """SPEC.md §7.3: row counts checked against the plan; any difference rolls everything back."""
+    problems = [f"{t}.{op}: planned {n}, wrote {applied.get(t, {}).get(op)}"
+                for t, ops in _planned_totals(plan).items() for op, n in ops.items() if applied.get(t, {}).get(op) != n]
+    for table in before:
+        for year in set(before[table]) | set(after[table]):
+            cell = plan.counts_by_table.get(table, {}).get(year, {})
+            expected = before[table].get(year, 0) + cell.get("insert", 0) - cell.get("delete", 0)
+            if after[table].get(year, 0) != expected:
+                problems.append(f"{table} {year}: expected {expected} rows after the run, found "
+                                f"{after[table].get(year, 0)}")
+    if problems:
+        raise ValidationFailed(["row_counts"], "Row counts differ from the approved plan, so everything was rolled "
+                               "back and nothing was written: " + "; ".join(problems) + ". Re-plan and investigate.")
+
+
+# --- archive markers and statistics --------------------------------------------------------------
+
+
+def _snapshot_stats(con: Any, run_id: str, years: list[str]) -> None:
+    """Pre-image of the statistics of ``years``: undo deletes those years' rows and restores these."""
+    for table in STATS_TABLES:
+        _backup_rows(con, run_id, table, f"t.academic_year IN {in_list(years)}", list(years), "delete")
+
+
+def _mark_archived(con: Any, run_id: str, years: list[str], snapshot: list[str]) -> dict:
+    """Set is_archived on every row of the years this run archives, and in academic_years."""
+    marked = {}
+    for table in ARCHIVED_TABLES:
+        if table == "academic_years":
+            continue
+        where = f"t.academic_year IN {in_list(years)} AND NOT t.is_archived"
+        if table not in STATS_TABLES:  # statistics pre-images are the whole-year snapshot
+            _backup_rows(con, run_id, table, where + f" AND t.id NOT IN (SELECT id FROM {OPS_SCHEMA}.backup_{table} "
+                         "WHERE _run_id = ?)", [*years, run_id], "update")
+        marked[table] = run(con, f"UPDATE {table} SET is_archived = true WHERE academic_year IN {in_list(years)} "
+                                 "AND NOT is_archived", list(years))[0][0]
+    for year in years:
+        where = "t.academic_year = ?"
+        if _backup_rows(con, run_id, "academic_years", where, [year], "update"):
+            run(con, "UPDATE academic_years SET is_archived = true, is_current = false WHERE academic_year = ?", [year])
+        else:
+            start, end = year_bounds(year)
+            run(con, "INSERT INTO academic_years (academic_year, start_date, end_date, is_current, is_archived) "
+                     "VALUES (?, ?, ?, false, true)", [year, start, end])
+            _backup_rows(con, run_id, "academic_years", where, [year], "insert")
+    return marked
+
+
+def _changed_years(plan: Plan) -> list[str]:
+    return sorted({y for years in plan.counts_by_table.values() for y, c in years.items()
+                   if c["insert"] or c["update"] or c["delete"]})
+
+
+# --- the protocol --------------------------------------------------------------------------------
+
+
+def apply_plan(con: Any, desired: Desired, *, approve: str, run_id: str, runbook: str, actor: str,
+               parameters: dict | None = None, target_kind: str | None = None,
+               recompute: Callable | None | bool = None, archive_years: tuple | list = (),
+               archived_write_years: tuple | list = (), backup_dir: Path | str | None = None) -> ApplyResult:
+    """Apply ``desired`` under the guard (SPEC.md §7.3). Writes, in one transaction, or nothing."""
+    dialect = dialect_of(con)
+    _check_approval(approve, dialect, target_kind)
+    hook = _resolve_hook(recompute)
+    archive_years, write_years = sorted(archive_years), sorted(archived_write_years)
+    info = {"runbook": runbook, "actor": actor, "parameters": parameters, "target_kind": target_kind or dialect}
+    with write_transaction(con):
+        _lock(con)
+        plan = stage_and_classify(con, desired, archived_write_years=write_years, archive_years=archive_years,
+                                  on_chunk=lambda i: crash_point("copy"))
+        _check_fingerprint(plan, approve)
+        info["fingerprint"] = plan.fingerprint
+        if plan.migrations:
+            done = apply_pending(con, run_id)
+            _open_run(con, run_id, info, [], [])
+            _close_run(con, run_id, {"migrations": done})
+            crash_point("before_commit")
+            return ApplyResult(run_id, plan.fingerprint, plan, migrations=done)
+        result = _apply_data(con, plan, run_id, info, hook, archive_years, write_years, desired)
+        result.backup_files = _write_parquet(con, run_id, Path(backup_dir) if backup_dir else None)
+        crash_point("before_commit")
+    return result
+
+
+def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | None,
+                archive_years: list[str], write_years: list[str], desired: Desired) -> ApplyResult:
+    """Steps 5-6 of the module docstring, inside the open transaction."""
+    changed = _changed_years(plan)
+    _refuse_duck_limits(con, plan)
+    _open_run(con, run_id, info, sorted(set(changed) | set(archive_years)), sorted(set(archive_years) | set(write_years)))
+    before = _year_counts(con)
+    marked_years = sorted(set(archive_years) | set(archived_years(con)))
+    stats_years = sorted((set(changed) if hook else set()) | set(archive_years))
+    if stats_years:
+        _snapshot_stats(con, run_id, stats_years)
+    applied = _merge(con, plan, run_id, marked_years)
+    if hook is not None and changed:
+        hook(con, dialect_of(con), sorted(set(changed) | set(archive_years)), desired.establishment_ids)
+    marked = _mark_archived(con, run_id, archive_years, stats_years) if archive_years else {}
+    _check_counts(plan, applied, before, _year_counts(con))
+    for table, n in plan.extra.get("mark", {}).items():
+        if marked.get(table) != n:
+            raise ValidationFailed(["archive_markers"], f"{table}: planned to mark {n} rows archived, marked "
+                                   f"{marked.get(table)}; everything was rolled back. Re-plan and investigate.")
+    counts = {"plan": plan.counts(), "applied": applied, "marked": marked, "statistics_years": stats_years,
+              "archive_years": archive_years}
+    _close_run(con, run_id, counts)
+    return ApplyResult(run_id, plan.fingerprint, plan, applied=counts)
+
+
+def verify(con: Any, desired: Desired, *, archived_write_years: tuple | list = ()) -> Plan:
+    """SPEC.md §7.4: re-plan after commit; ``is_empty`` is expected. Read-only."""
+    return plan_changes(con, desired, archived_write_years=archived_write_years)
+
+
+def table_checksums(con: Any, tables: list[str] | tuple[str, ...], schema: str = "public") -> dict[str, str]:
+    """Order-independent md5 of every row of each table (all columns, known or not). Read-only."""
+    out = {}
+    for table in tables:
+        name = table if schema == "public" else f"{schema}.{table}"
+        out[table] = scalar(con, f"SELECT {checksum_expr([row_text_expr(con, table, 't', schema)])} FROM {name} t")
+    return out
+
+
+
+# --- undo (SPEC.md §7.5) -------------------------------------------------------------------------
+
+_NEVER_UPDATED = {"id", "email", "academic_year", "student_id", "cycle", "question_id"}  # keys stay put
+_UNDO_TABLES = ("students", "vespa_scores", "question_responses", "academic_years")
+
+
+def _ledger(con: Any, run_id: str) -> tuple[str, dict]:
+    row = run(con, f"SELECT status, CAST(counts AS TEXT) FROM {OPS_SCHEMA}.ledger WHERE run_id = ?", [run_id])
+    if not row:
+        raise GuardRefused(f"No guarded run {run_id!r} in the ledger: nothing to undo. List runs in vespa_ops.ledger.")
+    if row[0][0] != "applied":
+        raise GuardRefused(f"Run {run_id!r} has status {row[0][0]!r}: only an applied run can be undone.")
+    return row[0][0], json.loads(row[0][1] or "{}")
+
+
+def _backup_of(table: str, op: str) -> str:
+    """This run's backup rows of one operation; the run id is the statement's ``?`` parameter."""
+    return f"(SELECT * FROM {OPS_SCHEMA}.backup_{table} WHERE _run_id = ? AND _op = '{op}')"
+
+
+def _undo_counts(con: Any, run_id: str, stats_years: list[str]) -> dict:
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    bk = f"{OPS_SCHEMA}.backup_"
+    for table in _UNDO_TABLES:
+        queries = {
+            "delete": f"SELECT b.academic_year, count(*) FROM {bk}{table} b JOIN {table} t ON t.id = b.id "
+                      "WHERE b._run_id = ? AND b._op = 'insert' GROUP BY 1",
+            "update": f"SELECT b.academic_year, count(*) FROM {bk}{table} b JOIN {table} t ON t.id = b.id "
+                      "WHERE b._run_id = ? AND b._op = 'update' GROUP BY 1",
+            "insert": f"SELECT b.academic_year, count(*) FROM {bk}{table} b WHERE b._run_id = ? AND b._op = 'delete' "
+                      f"AND NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = b.id) GROUP BY 1"}
+        for op, sql in queries.items():
+            for year, n in run(con, sql, [run_id]):
+                cell = counts.setdefault(table, {}).setdefault(year, dict.fromkeys(
+                    ("insert", "update", "unchanged", "delete", "refused"), 0))
+                cell[op] += n
+    for table in STATS_TABLES if stats_years else ():
+        for op, sql in {"delete": f"SELECT academic_year, count(*) FROM {table} WHERE academic_year IN "
+                                  f"{in_list(stats_years)} GROUP BY 1",
+                        "insert": f"SELECT academic_year, count(*) FROM {bk}{table} WHERE academic_year IN "
+                                  f"{in_list(stats_years)} AND _run_id = ? AND _op = 'delete' GROUP BY 1"}.items():
+            params = [*stats_years, run_id] if op == "insert" else list(stats_years)
+            for year, n in run(con, sql, params):
+                counts.setdefault(table, {}).setdefault(year, dict.fromkeys(
+                    ("insert", "update", "unchanged", "delete", "refused"), 0))[op] += n
+    return counts
+
+
+def _undo_plan(con: Any, run_id: str) -> Plan:
+    from vespa_lib.plan import sha, state_digest
+
+    _, counts = _ledger(con, run_id)
+    stats_years = counts.get("statistics_years", [])
+    plan_counts = _undo_counts(con, run_id, stats_years)
+    years = sorted({y for t in plan_counts.values() for y in t} | set(stats_years)) or ["0000/0000"]
+    backups = {t: scalar(con, f"SELECT {checksum_expr([row_text_expr(con, 'backup_' + t, 'b', OPS_SCHEMA)])} "
+                              f"FROM {OPS_SCHEMA}.backup_{t} b WHERE b._run_id = ?", [run_id])
+               for t in (*_UNDO_TABLES, *STATS_TABLES)}
+    state = state_digest(con, years)
+    state.update({t: scalar(con, f"SELECT {checksum_expr([row_text_expr(con, t, 't')])} FROM {t} t "
+                                 f"WHERE t.academic_year IN {in_list(years)}", years) for t in STATS_TABLES})
+    scope = {"undo_of": run_id, "years": years, "statistics_years": stats_years}
+    fingerprint = sha({"undo": run_id, "counts": plan_counts, "backups": backups, "state": state})
+    return Plan(plan_counts, {}, {}, {}, [], fingerprint, scope, kind="undo")
+
+
+def plan_undo(con: Any, run_id: str) -> Plan:
+    """What undoing ``run_id`` would change (delete its inserts, restore its pre-images). Read-only."""
+    from vespa_lib.plan import rolled_back
+
+    with rolled_back(con):
+        return _undo_plan(con, run_id)
+
+
+def _restore(con: Any, run_id: str, table: str) -> None:
+    cols = _backup_cols(con, table)
+    duck_fk = {"establishment_id"} if dialect_of(con) == "duckdb" and table == "students" else set()
+    sets = ", ".join(f"{q(c)} = b.{q(c)}" for c in cols if c not in _NEVER_UPDATED | duck_fk)
+    run(con, f"UPDATE {table} SET {sets} FROM {_backup_of(table, 'update')} b WHERE {table}.id = b.id", [run_id])
+    names = ", ".join(q(c) for c in cols)
+    run(con, f"INSERT INTO {table} ({names}) SELECT {names} FROM {_backup_of(table, 'delete')} b "
+             f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = b.id)", [run_id])
+
+
+def _undo_writes(con: Any, run_id: str, stats_years: list[str]) -> None:
+    """Statistics snapshot back; inserted rows deleted (children first); pre-images restored."""
+    if dialect_of(con) == "duckdb" and scalar(con, f"SELECT count(*) FROM {OPS_SCHEMA}.backup_students "
+                                                   "WHERE _run_id = ? AND _op = 'insert'", [run_id]):
+        raise GuardRefused(f"Undo of {run_id!r} would delete students it inserted together with their scores, which "
+                           "DuckDB cannot do in one transaction (foreign-key limitation): nothing was written. "
+                           "Restore the DuckDB file from the audit's backup instead, or undo on PostgreSQL.")
+    if stats_years:
+        for table in STATS_TABLES:
+            run(con, f"DELETE FROM {table} WHERE academic_year IN {in_list(stats_years)}", stats_years)
+            names = ", ".join(q(c) for c in _backup_cols(con, table))
+            run(con, f"INSERT INTO {table} ({names}) SELECT {names} FROM {_backup_of(table, 'delete')} b", [run_id])
+    for table in ("question_responses", "vespa_scores", "students", "academic_years"):
+        run(con, f"DELETE FROM {table} WHERE id IN (SELECT id FROM {_backup_of(table, 'insert')} b)", [run_id])
+    for table in _UNDO_TABLES:
+        _restore(con, run_id, table)
+
+
+def apply_undo(con: Any, run_id: str, *, approve: str, undo_run_id: str, actor: str,
+               target_kind: str | None = None) -> ApplyResult:
+    """Reverse ``run_id`` as its own guarded run (lock, fingerprint, ledger row, grants). Writes."""
+    dialect = dialect_of(con)
+    _check_approval(approve, dialect, target_kind)
+    with write_transaction(con):
+        _lock(con)
+        plan = _undo_plan(con, run_id)
+        _check_fingerprint(plan, approve)
+        info = {"runbook": "undo", "actor": actor, "parameters": {"undo_of": run_id},
+                "target_kind": target_kind or dialect, "fingerprint": plan.fingerprint}
+        years = plan.scope["years"]
+        _open_run(con, undo_run_id, info, years, years)
+        _undo_writes(con, run_id, plan.scope["statistics_years"])
+        run(con, f"UPDATE {OPS_SCHEMA}.ledger SET status = 'undone' WHERE run_id = ?", [run_id])
+        _close_run(con, undo_run_id, {"plan": plan.counts(), "undo_of": run_id})
+        crash_point("before_commit")
+    return ApplyResult(undo_run_id, plan.fingerprint, plan, applied={"undo_of": run_id})

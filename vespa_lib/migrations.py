@@ -1,0 +1,179 @@
+"""Versioned schema migrations for a database the workbook did not create (SPEC.md §7, issue 4 item 5).
+
+    1  vespa_ops schema and tables (migrations, ledger, archive grants, quarantine, backups)
+    2  is_archived markers on every data table and academic_years
+    3  replace any single-year unique key on students (F2: unique(email)) by unique(email, academic_year)
+    4  archive protection triggers (PostgreSQL only; ``vespa_lib.protect``)
+
+Whether a migration is pending is decided from the schema actually present (so a database built by
+``schema.create_schema`` needs only what it lacks), never from bookkeeping alone. ``pending`` is
+read-only; ``apply_pending`` runs inside the guard's transaction and records each migration with its
+checksum and run id in ``vespa_ops.schema_migrations`` in that same transaction (sqlite-utils style).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vespa_lib import protect
+from vespa_lib.plan import q, run, scalar
+from vespa_lib.schema import (
+    PRODUCTION_TABLES,
+    WORKBOOK_SCHEMA,
+    WORKBOOK_TABLES,
+    constraints,
+    ddl,
+    dialect_of,
+    table_columns,
+)
+
+__all__ = ["MIGRATIONS", "Migration", "apply_pending", "f2_offending_keys", "pending", "recorded"]
+
+STUDENT_KEY = "students_email_academic_year_key"  # DOMAIN.md §6 / F2: one row per student per year
+ARCHIVED_TABLES = tuple(t.name for t in PRODUCTION_TABLES if any(c.name == "is_archived" for c in t.columns))
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One versioned change: ``needed`` inspects the schema (read-only), ``apply`` changes it."""
+
+    version: int
+    name: str
+    definition: str  # the text the checksum covers
+    needed: Callable[[Any], bool]
+    apply: Callable[[Any, str], list[str]]
+    dialects: tuple[str, ...] = ("duckdb", "postgres")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(f"{self.version}\n{self.name}\n{self.definition}".encode()).hexdigest()
+
+    def describe(self) -> dict:
+        return {"version": self.version, "name": self.name, "checksum": self.checksum}
+
+
+def _execute(con: Any, statements: list[str]) -> list[str]:
+    for statement in statements:
+        run(con, statement)
+    return statements
+
+
+# --- 1: vespa_ops --------------------------------------------------------------------------------
+
+
+def _workbook_ddl(dialect: str) -> list[str]:
+    return [s for s in ddl(dialect) if f'"{WORKBOOK_SCHEMA}"' in s or f"{WORKBOOK_SCHEMA}." in s]
+
+
+def _needs_ops(con: Any) -> bool:
+    return any(not table_columns(con, t.name, WORKBOOK_SCHEMA) for t in WORKBOOK_TABLES)
+
+
+# --- 2: is_archived ------------------------------------------------------------------------------
+
+
+def _missing_archived(con: Any) -> list[str]:
+    return [t for t in ARCHIVED_TABLES
+            if not any(c["name"] == "is_archived" for c in table_columns(con, t))]
+
+
+def _add_archived(con: Any, dialect: str) -> list[str]:
+    # schema.py: DuckDB cannot add NOT NULL together with a default on a referenced table
+    kind = "BOOLEAN NOT NULL DEFAULT false" if dialect == "postgres" else "BOOLEAN DEFAULT false"
+    return _execute(con, [f"ALTER TABLE {q(t)} ADD COLUMN is_archived {kind}" for t in _missing_archived(con)])
+
+
+# --- 3: the F2 key -------------------------------------------------------------------------------
+
+
+def f2_offending_keys(con: Any) -> list[dict]:
+    """Unique keys on students that do not include academic_year (F2). Read-only."""
+    return [c for c in constraints(con) if c["schema"] == "public" and c["table"] == "students"
+            and c["kind"] == "unique" and "academic_year" not in c["columns"]]
+
+
+def _has_year_key(con: Any) -> bool:
+    return any(c["schema"] == "public" and c["table"] == "students" and c["kind"] == "unique"
+               and sorted(c["columns"]) == ["academic_year", "email"] for c in constraints(con))
+
+
+def _needs_f2(con: Any) -> bool:
+    return bool(f2_offending_keys(con)) or not _has_year_key(con)
+
+
+def _replace_f2(con: Any, dialect: str) -> list[str]:
+    todo = []
+    for key in f2_offending_keys(con):
+        if key["source"] == "index":
+            todo.append(f"DROP INDEX {q(key['name'])}")
+        else:
+            todo.append(f"ALTER TABLE students DROP CONSTRAINT {q(key['name'])}")
+    if not _has_year_key(con):
+        todo.append(f"ALTER TABLE students ADD CONSTRAINT {STUDENT_KEY} UNIQUE (email, academic_year)"
+                    if dialect == "postgres" else
+                    f"CREATE UNIQUE INDEX {STUDENT_KEY} ON students (email, academic_year)")
+    return _execute(con, todo)
+
+
+# --- 4: triggers ---------------------------------------------------------------------------------
+
+
+def _needs_triggers(con: Any) -> bool:
+    found = scalar(con, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname = ANY(?)",
+                   [list(protect.TRIGGER_NAMES)])
+    if found != len(protect.TRIGGER_NAMES):
+        return True
+    current = {name: src for name, src in run(con, "SELECT p.proname, p.prosrc FROM pg_proc p JOIN pg_namespace n "
+                                                    "ON n.oid = p.pronamespace WHERE n.nspname = ?", [WORKBOOK_SCHEMA])}
+    return any(f"FUNCTION vespa_ops.{name}()" in protect.INSTALL_SQL and
+               (current.get(name) is None or current[name] not in protect.INSTALL_SQL)
+               for name in protect.FUNCTION_NAMES)
+
+
+def _install_triggers(con: Any, dialect: str) -> list[str]:
+    run(con, protect.INSTALL_SQL)
+    return [protect.INSTALL_SQL]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create vespa_ops schema and tables", "\n".join(_workbook_ddl("postgres")), _needs_ops,
+              lambda con, d: _execute(con, _workbook_ddl(d))),
+    Migration(2, "add is_archived markers", "ADD COLUMN is_archived BOOLEAN NOT NULL DEFAULT false ON "
+              + ", ".join(ARCHIVED_TABLES), lambda con: bool(_missing_archived(con)), _add_archived),
+    Migration(3, "replace single-year student key unique(email) by unique(email, academic_year) (F2)",
+              f"DROP every unique key on students lacking academic_year; ADD {STUDENT_KEY} UNIQUE (email, academic_year)",
+              _needs_f2, _replace_f2),
+    Migration(4, "install archive protection triggers", protect.INSTALL_SQL, _needs_triggers, _install_triggers,
+              dialects=("postgres",)),
+)
+
+
+def pending(con: Any) -> list[Migration]:
+    """Migrations this database still needs, in order. Read-only."""
+    dialect = dialect_of(con)
+    return [m for m in MIGRATIONS if dialect in m.dialects and m.needed(con)]
+
+
+def apply_pending(con: Any, run_id: str) -> list[dict]:
+    """Apply every pending migration in the caller's transaction and record each. Writes DDL."""
+    dialect = dialect_of(con)
+    done = []
+    for migration in pending(con):
+        migration.apply(con, dialect)
+        done.append(migration.describe())
+    for m in done:
+        run(con, f"DELETE FROM {WORKBOOK_SCHEMA}.schema_migrations WHERE version = ?", [m["version"]])
+        run(con, f"INSERT INTO {WORKBOOK_SCHEMA}.schema_migrations (version, name, checksum, run_id) "
+                 "VALUES (?, ?, ?, ?)", [m["version"], m["name"], m["checksum"], run_id])
+    return done
+
+
+def recorded(con: Any) -> list[dict]:
+    """Rows of vespa_ops.schema_migrations (empty before migration 1). Read-only."""
+    if not table_columns(con, "schema_migrations", WORKBOOK_SCHEMA):
+        return []
+    rows = run(con, f"SELECT version, name, checksum, run_id FROM {WORKBOOK_SCHEMA}.schema_migrations ORDER BY 1")
+    return [dict(zip(("version", "name", "checksum", "run_id"), r, strict=True)) for r in rows]

@@ -1,0 +1,470 @@
+"""Plan a guarded write (SPEC.md §7.1): what applying desired rows would change. Read-only.
+
+Desired rows arrive as Arrow tables keyed by natural keys (docs/ARCHITECTURE.md "Guarded writes"):
+students by (email, academic_year), vespa_scores by (email, academic_year, cycle) through the
+student, question_responses by (email, academic_year, cycle, question_id). Columns starting with
+``_`` and columns the target table does not have are ignored.
+
+``plan_changes`` stages the rows into temporary tables in the target (DuckDB: from Arrow;
+PostgreSQL: ``COPY`` inside a transaction that is rolled back) and classifies every row set-based
+with ``IS DISTINCT FROM``. ``stage_and_classify`` is the same work without the transaction, for the
+guard, which re-plans inside its own write transaction and merges from the same temp tables.
+
+While any migration is pending no data change is planned at all (stricter than only blocking on
+the F2 key migration: a plan computed against a schema that is about to change would describe the
+wrong thing). The plan lists the migrations and says "apply migrations first".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from vespa_lib.errors import ValidationFailed
+from vespa_lib.privacy import mask_email
+from vespa_lib.schema import dialect_of, table_columns
+
+__all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "plan_changes", "q", "row_text_expr",
+           "run", "scalar", "stage_and_classify"]
+
+OPS = ("insert", "update", "unchanged", "delete", "refused")
+SAMPLE_ROWS = 5
+
+
+# --- SQL helpers (both dialects; values always parameterised with ``?``) -------------------------
+
+
+def q(identifier: str) -> str:
+    """Quote an identifier (``group`` is a keyword); identifiers come from this package, never input."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def run(con: Any, sql: str, params: list | tuple = ()) -> list[tuple]:
+    """Execute one statement; rows for a query, ``[(rowcount,)]`` for DML on both engines."""
+    if dialect_of(con) == "duckdb":
+        return con.execute(sql, list(params)).fetchall()
+    cur = con.execute(sql.replace("?", "%s"), list(params) or None)
+    return cur.fetchall() if cur.description else [(cur.rowcount,)]
+
+
+def scalar(con: Any, sql: str, params: list | tuple = ()) -> Any:
+    rows = run(con, sql, params)
+    return rows[0][0] if rows else None
+
+
+_NULL = "'<null>'"
+
+
+def checksum_expr(parts: list[str]) -> str:
+    """An order-independent md5 aggregate over rows whose text is ``parts`` joined (NULLs marked)."""
+    text = "concat_ws('|', " + ", ".join(f"coalesce(CAST({p} AS TEXT), {_NULL})" for p in parts) + ")"
+    return f"md5(coalesce(string_agg({text}, chr(10) ORDER BY {text}), ''))"
+
+
+def row_text_expr(con: Any, table: str, alias: str, schema: str = "public") -> str:
+    """Every column of the live table (including ones the workbook does not know) as one text."""
+    cols = [c["name"] for c in table_columns(con, table, schema)]
+    return "concat_ws('|', " + ", ".join(f"coalesce(CAST({alias}.{q(c)} AS TEXT), {_NULL})" for c in cols) + ")"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one production table is keyed and compared (docs/ARCHITECTURE.md "Guarded writes")."""
+
+    name: str
+    keys: tuple[str, ...]
+    compared: tuple[str, ...]
+    types: dict[str, str]
+    via_student: bool
+
+
+_STUDENT_TYPES = {"email": "TEXT", "academic_year": "TEXT", "knack_id": "TEXT", "name": "TEXT",
+                  "establishment_id": "UUID", "year_group": "TEXT", "course": "TEXT", "faculty": "TEXT",
+                  "group": "TEXT", "gender": "TEXT"}
+_SCORES = ("vision", "effort", "systems", "practice", "attitude", "overall")
+SPECS: tuple[TableSpec, ...] = (
+    TableSpec("students", ("email", "academic_year"),
+              ("knack_id", "name", "establishment_id", "year_group", "course", "faculty", "group", "gender"),
+              _STUDENT_TYPES, False),
+    TableSpec("vespa_scores", ("email", "academic_year", "cycle"), (*_SCORES, "completion_date"),
+              {"email": "TEXT", "academic_year": "TEXT", "cycle": "INTEGER", "completion_date": "DATE",
+               **dict.fromkeys(_SCORES, "INTEGER")}, True),
+    TableSpec("question_responses", ("email", "academic_year", "cycle", "question_id"), ("response_value",),
+              {"email": "TEXT", "academic_year": "TEXT", "cycle": "INTEGER", "question_id": "TEXT",
+               "response_value": "INTEGER"}, True),
+)
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+
+
+@dataclass
+class Desired:
+    """Desired rows per table plus the run's scope (years, establishments, whether to delete)."""
+
+    tables: dict[str, pa.Table]
+    years: list[str]
+    establishment_ids: list[str] | None = None
+    allow_delete: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tables) - set(SPEC_BY_NAME)
+        if unknown:
+            raise ValidationFailed(["desired_tables"], f"Desired rows for unknown tables {sorted(unknown)}: "
+                                   f"the guard writes only {', '.join(SPEC_BY_NAME)}.")
+        if not self.years:
+            raise ValidationFailed(["scope_years"], "The run's scope names no academic year: pass years=[...].")
+
+
+@dataclass
+class Plan:
+    """The changes per table × year, refused rows, pending migrations and the fingerprint."""
+
+    counts_by_table: dict[str, dict[str, dict[str, int]]]
+    changed_columns: dict[str, list[str]]
+    samples: dict[str, list[dict]]
+    refused_reasons: dict[str, dict[str, int]]
+    migrations: list[dict]
+    fingerprint: str
+    scope: dict
+    kind: str = "data"
+    extra: dict = field(default_factory=dict)
+    staged: dict[str, list[str]] = field(default_factory=dict)  # staged columns per table (for the merge)
+
+    def counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """{table: {year: {insert, update, unchanged, delete, refused}}}."""
+        return self.counts_by_table
+
+    @property
+    def blocked(self) -> str | None:
+        """Why data changes were not planned (pending migrations), or None."""
+        if not self.migrations:
+            return None
+        names = ", ".join(f"{m['version']} {m['name']}" for m in self.migrations)
+        return f"apply migrations first: {names} are pending; data changes are planned after they are applied."
+
+    @property
+    def is_empty(self) -> bool:
+        """True when applying would write nothing (no change, no migration, nothing to mark)."""
+        changing = ("insert", "update", "delete")
+        return not self.migrations and not any(
+            c.get(op, 0) for years in self.counts_by_table.values() for c in years.values() for op in changing
+        ) and not any(self.extra.get("mark", {}).values())
+
+    def summary_frame(self) -> pd.DataFrame:
+        """One row per table × year with the five counts."""
+        rows = [{"table": t, "academic_year": y, **{op: c.get(op, 0) for op in OPS}}
+                for t, years in self.counts_by_table.items() for y, c in sorted(years.items())]
+        return pd.DataFrame(rows, columns=["table", "academic_year", *OPS])
+
+    def to_json(self) -> str:
+        """The whole plan as canonical JSON (samples carry masked emails only)."""
+        return json.dumps({"kind": self.kind, "fingerprint": self.fingerprint, "scope": self.scope,
+                           "counts": self.counts_by_table, "changed_columns": self.changed_columns,
+                           "samples": self.samples, "refused_reasons": self.refused_reasons,
+                           "migrations": self.migrations, "blocked": self.blocked, "extra": self.extra},
+                          sort_keys=True, default=str, indent=1)
+
+
+# --- staging -------------------------------------------------------------------------------------
+
+
+def _stage_columns(spec: TableSpec, table: pa.Table) -> list[str]:
+    names = set(table.column_names)
+    missing = [k for k in spec.keys if k not in names]
+    if missing:
+        raise ValidationFailed(["desired_keys"], f"Desired {spec.name} rows lack key columns {missing}: "
+                               "build them with vespa_lib.rows.")
+    return [*spec.keys, *(c for c in spec.compared if c in names)]
+
+
+def _stage(con: Any, dialect: str, spec: TableSpec, table: pa.Table, on_chunk: Any = None) -> list[str]:
+    """Load desired rows into temp table ``vespa_stage_<table>`` typed like the target."""
+    cols = _stage_columns(spec, table)
+    name = f"vespa_stage_{spec.name}"
+    run(con, f"DROP TABLE IF EXISTS {name}")
+    typed = ", ".join(f"{q(c)} {spec.types[c]}" for c in cols)
+    if dialect == "duckdb":
+        con.register("vespa_arrow_in", table.select(cols))
+        select = ", ".join(f"CAST({q(c)} AS {spec.types[c]}) AS {q(c)}" for c in cols)
+        run(con, f"CREATE TEMP TABLE {name} AS SELECT {select} FROM vespa_arrow_in")
+        con.unregister("vespa_arrow_in")
+        return cols
+    run(con, f"CREATE TEMP TABLE {name} ({typed}) ON COMMIT DROP")
+    _copy_csv(con, name, cols, table.select(cols), on_chunk)
+    _analyze(con, name)
+    return cols
+
+
+def _analyze(con: Any, name: str) -> None:
+    """PostgreSQL plans temp tables blind until analysed (autovacuum never sees them)."""
+    if dialect_of(con) == "postgres":
+        run(con, f"ANALYZE {name}")
+
+
+def _copy_csv(con: Any, name: str, cols: list[str], table: pa.Table, on_chunk: Any) -> None:
+    """COPY Arrow rows as CSV (SPEC.md §4: bulk work over COPY); nulls unquoted, strings quoted."""
+    collist = ", ".join(q(c) for c in cols)
+    with con.cursor().copy(f"COPY {name} ({collist}) FROM STDIN WITH (FORMAT csv)") as copy:
+        for i, batch in enumerate(table.to_batches(max_chunksize=50_000)):
+            buf = io.BytesIO()
+            pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+            copy.write(buf.getvalue())
+            if on_chunk is not None:
+                on_chunk(i)
+
+
+def _check_unique(con: Any, spec: TableSpec) -> None:
+    keys = ", ".join(q(k) for k in spec.keys)
+    dup = run(con, f"SELECT {keys}, count(*) FROM vespa_stage_{spec.name} GROUP BY {keys} "
+                   "HAVING count(*) > 1 LIMIT 1")
+    if dup:
+        raise ValidationFailed(["desired_duplicates"], f"Desired {spec.name} rows repeat the natural key "
+                               f"{spec.keys} (e.g. year {dup[0][1]}): collapse duplicates before planning.")
+
+
+# --- classification ------------------------------------------------------------------------------
+
+
+def live_sql(spec: TableSpec, cols: list[str]) -> str:
+    """The live table projected on natural keys: lid, keys, l_est, compared columns."""
+    compared = ", ".join(f"t.{q(c)}" for c in cols if c not in spec.keys)
+    compared = ", " + compared if compared else ""
+    if not spec.via_student:
+        return (f"SELECT t.id AS lid, t.email, t.academic_year, t.establishment_id AS l_est{compared} "
+                "FROM students t")
+    keys = ", ".join(f"t.{q(k)}" for k in spec.keys if k != "email")
+    return (f"SELECT t.id AS lid, s.email, {keys}, s.establishment_id AS l_est{compared} "
+            f"FROM {spec.name} t JOIN students s ON s.id = t.student_id")
+
+
+def _d_est(spec: TableSpec, cols: list[str]) -> tuple[str, str]:
+    """The desired row's establishment and the joins it needs (set-based: no correlated subquery)."""
+    if not spec.via_student:
+        return ("d.establishment_id" if "establishment_id" in cols else "l.l_est"), ""
+    joins = ("LEFT JOIN vespa_plan_students xs ON xs.email = d.email AND xs.academic_year = d.academic_year "
+             "LEFT JOIN students ss ON ss.email = d.email AND ss.academic_year = d.academic_year")
+    return "coalesce(xs.d_est, CAST(ss.establishment_id AS TEXT))", joins
+
+
+def _has_student(spec: TableSpec) -> str:
+    """Whether the row's student exists or will be inserted unrefused (students are planned first)."""
+    if not spec.via_student:
+        return "true"
+    return "(ss.id IS NOT NULL OR (xs.email IS NOT NULL AND xs.refused IS NULL))"
+
+
+def _classify(con: Any, spec: TableSpec, cols: list[str], desired: Desired) -> None:
+    """Create ``vespa_plan_<table>``: one row per desired key (and per delete) with op and flags."""
+    compared = [c for c in cols if c not in spec.keys]
+    on = " AND ".join(f"l.{q(k)} = d.{q(k)}" for k in spec.keys)
+    flags = "".join(f", (d.{q(c)} IS DISTINCT FROM l.{q(c)}) AS {q('ch_' + c)}" for c in compared)
+    differs = " OR ".join(f"d.{q(c)} IS DISTINCT FROM l.{q(c)}" for c in compared) or "false"
+    keys = ", ".join(f"d.{q(k)}" for k in spec.keys)
+    name = f"vespa_plan_{spec.name}"
+    d_est, joins = _d_est(spec, cols)
+    run(con, f"DROP TABLE IF EXISTS {name}")
+    run(con, f"CREATE TEMP TABLE {name} AS SELECT {keys}, l.lid, CAST({d_est} AS TEXT) AS d_est, "
+             f"CAST(l.l_est AS TEXT) AS l_est, {_has_student(spec)} AS has_student, CASE WHEN l.lid IS NULL THEN 'insert' "
+             f"WHEN {differs} THEN 'update' ELSE 'unchanged' END AS op, CAST(NULL AS TEXT) AS refused{flags} "
+             f"FROM vespa_stage_{spec.name} d LEFT JOIN ({live_sql(spec, cols)}) l ON {on} {joins}")
+    _analyze(con, name)
+    if desired.allow_delete:
+        _plan_deletes(con, spec, cols, desired)
+
+
+def _in(values: list) -> str:
+    return "(" + ", ".join("?" for _ in values) + ")"
+
+
+def _plan_deletes(con: Any, spec: TableSpec, cols: list[str], desired: Desired) -> None:
+    """Live rows of the scope's years and establishments that the desired set lacks (F16: scope only)."""
+    keys = ", ".join(q(k) for k in spec.keys)
+    on = " AND ".join(f"d.{q(k)} = l.{q(k)}" for k in spec.keys)
+    where, params = f"l.academic_year IN {_in(desired.years)}", list(desired.years)
+    if desired.establishment_ids is not None:
+        where += f" AND CAST(l.l_est AS TEXT) IN {_in(desired.establishment_ids) if desired.establishment_ids else '(NULL)'}"
+        params += [str(e) for e in desired.establishment_ids]
+    run(con, f"INSERT INTO vespa_plan_{spec.name} ({keys}, lid, l_est, op) "
+             f"SELECT {', '.join('l.' + q(k) for k in spec.keys)}, l.lid, CAST(l.l_est AS TEXT), 'delete' "
+             f"FROM ({live_sql(spec, cols)}) l WHERE {where} "
+             f"AND NOT EXISTS (SELECT 1 FROM vespa_stage_{spec.name} d WHERE {on})", params)
+
+
+def _refuse(con: Any, spec: TableSpec, desired: Desired, locked_years: list[str]) -> None:
+    """Mark changes the run may not make: outside scope (F16), archived year, no student to link."""
+    params: list = list(desired.years)
+    cases = [f"WHEN academic_year NOT IN {_in(desired.years)} THEN 'outside_year_scope'"]
+    if desired.establishment_ids is not None:
+        ests = [str(e) for e in desired.establishment_ids] or [""]
+        cases.append(f"WHEN coalesce(d_est, l_est, '') NOT IN {_in(ests)} "
+                     f"OR coalesce(l_est, d_est, '') NOT IN {_in(ests)} THEN 'outside_establishment_scope'")
+        params += ests + ests
+    if locked_years:
+        cases.append(f"WHEN academic_year IN {_in(locked_years)} THEN 'archived_year'")
+        params += locked_years
+    if spec.via_student:
+        cases.append("WHEN lid IS NULL AND NOT has_student THEN 'no_student'")
+    run(con, f"UPDATE vespa_plan_{spec.name} p SET refused = CASE {' '.join(cases)} END "
+             "WHERE op <> 'unchanged'", params)
+
+
+# --- summarising ---------------------------------------------------------------------------------
+
+
+def _counts(con: Any, spec: TableSpec) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for year, op, refused, n in run(con, f"SELECT academic_year, op, refused IS NOT NULL, count(*) "
+                                         f"FROM vespa_plan_{spec.name} GROUP BY 1, 2, 3"):
+        cell = out.setdefault(year, dict.fromkeys(OPS, 0))
+        cell["refused" if refused else op] += n
+    return out
+
+
+def _changed_columns(con: Any, spec: TableSpec, cols: list[str]) -> list[str]:
+    compared = [c for c in cols if c not in spec.keys]
+    if not compared:
+        return []
+    sums = ", ".join(f"sum(CASE WHEN {q('ch_' + c)} THEN 1 ELSE 0 END)" for c in compared)
+    row = run(con, f"SELECT {sums} FROM vespa_plan_{spec.name} WHERE op = 'update' AND refused IS NULL")[0]
+    return [c for c, n in zip(compared, row, strict=True) if n]
+
+
+def _samples(con: Any, spec: TableSpec, cols: list[str], changed: list[str]) -> list[dict]:
+    """A few updates with before/after of the changed columns; emails masked (SPEC.md §8)."""
+    if not changed:
+        return []
+    keys = ", ".join(f"p.{q(k)}" for k in spec.keys)
+    on = " AND ".join(f"d.{q(k)} = p.{q(k)}" for k in spec.keys)
+    vals = ", ".join(f"CAST(l.{q(c)} AS TEXT), CAST(d.{q(c)} AS TEXT)" for c in changed)
+    rows = run(con, f"SELECT {keys}, {vals} FROM vespa_plan_{spec.name} p JOIN vespa_stage_{spec.name} d ON {on} "
+                    f"JOIN ({live_sql(spec, cols)}) l ON l.lid = p.lid WHERE p.op = 'update' AND p.refused IS NULL "
+                    f"ORDER BY {keys} LIMIT {SAMPLE_ROWS}")
+    out = []
+    for row in rows:
+        key = dict(zip(spec.keys, row[:len(spec.keys)], strict=True))
+        key["email"] = mask_email(key["email"])
+        rest = row[len(spec.keys):]
+        key["changes"] = {c: {"before": rest[2 * i], "after": rest[2 * i + 1]} for i, c in enumerate(changed)}
+        out.append(key)
+    return out
+
+
+def _change_digest(con: Any, spec: TableSpec, cols: list[str]) -> str:
+    """md5 over keys, op, refusal and desired values of every change (unchanged rows excluded)."""
+    on = " AND ".join(f"d.{q(k)} = p.{q(k)}" for k in spec.keys)
+    parts = ["p.op", "p.refused", "CAST(p.lid AS TEXT)", *(f"p.{q(k)}" for k in spec.keys),
+             *(f"d.{q(c)}" for c in cols if c not in spec.keys)]
+    return scalar(con, f"SELECT {checksum_expr(parts)} FROM vespa_plan_{spec.name} p "
+                       f"LEFT JOIN vespa_stage_{spec.name} d ON {on} WHERE p.op <> 'unchanged'") or ""
+
+
+def state_digest(con: Any, years: list[str]) -> dict[str, str]:
+    """md5 of the live slices of ``years`` of every planned table, plus academic_years. Read-only."""
+    out = {}
+    for name in [s.name for s in SPECS] + ["academic_years"]:
+        text = row_text_expr(con, name, "t")
+        out[name] = scalar(con, f"SELECT {checksum_expr([text])} FROM {name} t WHERE t.academic_year "
+                                f"IN {_in(years)}", years) or ""
+    return out
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+def archived_years(con: Any) -> list[str]:
+    """Years marked archived in academic_years. Read-only."""
+    return [r[0] for r in run(con, "SELECT academic_year FROM academic_years WHERE is_archived ORDER BY 1")]
+
+
+def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tuple | list = (),
+                       archive_years: tuple | list = (), on_chunk: Any = None) -> Plan:
+    """The plan, computed inside the caller's open transaction; leaves the temp tables for merging."""
+    from vespa_lib.migrations import pending
+
+    dialect = dialect_of(con)
+    scope = {"years": sorted(desired.years), "establishment_ids": desired.establishment_ids,
+             "allow_delete": desired.allow_delete, "archive_years": sorted(archive_years),
+             "archived_write_years": sorted(archived_write_years)}
+    migrations = [m.describe() for m in pending(con)]
+    if migrations:
+        digest = {"migrations": migrations, "scope": scope}
+        return Plan({}, {}, {}, {}, migrations, _sha(digest), scope, kind="migrations")
+    locked = [y for y in archived_years(con) if y not in archived_write_years]
+    counts, changed, samples, reasons, changes, staged = {}, {}, {}, {}, {}, {}
+    for spec in SPECS:
+        if spec.name not in desired.tables:
+            continue
+        cols = staged[spec.name] = _stage(con, dialect, spec, desired.tables[spec.name], on_chunk)
+        _check_unique(con, spec)
+        _classify(con, spec, cols, desired)
+        _refuse(con, spec, desired, locked)
+        counts[spec.name] = _counts(con, spec)
+        changed[spec.name] = _changed_columns(con, spec, cols)
+        samples[spec.name] = _samples(con, spec, cols, changed[spec.name])
+        reasons[spec.name] = dict(run(con, f"SELECT refused, count(*) FROM vespa_plan_{spec.name} "
+                                           "WHERE refused IS NOT NULL GROUP BY 1 ORDER BY 1"))
+        changes[spec.name] = _change_digest(con, spec, cols)
+    years = sorted(set(desired.years) | {y for c in counts.values() for y in c} | set(archive_years))
+    extra = {"mark": _mark_counts(con, list(archive_years), set(counts))}
+    state = state_digest(con, years)
+    fingerprint = _sha({"changes": changes, "counts": counts, "state": state, "scope": scope, "extra": extra})
+    return Plan(counts, changed, samples, reasons, [], fingerprint, scope, extra=extra, staged=staged)
+
+
+def _mark_counts(con: Any, archive_years: list[str], planned: set[str]) -> dict[str, int]:
+    """Live rows of the years being archived that are not yet marked (SPEC.md §7 archive markers).
+
+    Rows the plan deletes are not counted; inserted rows arrive already marked."""
+    if not archive_years:
+        return {}
+    out = {}
+    for spec in SPECS:
+        skip = (f" AND id NOT IN (SELECT lid FROM vespa_plan_{spec.name} WHERE op = 'delete' AND refused IS NULL)"
+                if spec.name in planned else "")
+        out[spec.name] = scalar(con, f"SELECT count(*) FROM {spec.name} WHERE academic_year IN "
+                                     f"{_in(archive_years)} AND NOT is_archived{skip}", list(archive_years))
+    return out
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextmanager
+def rolled_back(con: Any) -> Iterator[None]:
+    """A transaction that is always rolled back: planning leaves nothing behind."""
+    if dialect_of(con) == "postgres":
+        with con.transaction(force_rollback=True):
+            yield
+        return
+    con.begin()
+    try:
+        yield
+    finally:
+        con.rollback()
+
+
+def plan_changes(con: Any, desired: Desired, *, archived_write_years: tuple | list = (),
+                 archive_years: tuple | list = ()) -> Plan:
+    """Plan applying ``desired`` (SPEC.md §7.1). Read-only: staging is rolled back."""
+    with rolled_back(con):
+        return stage_and_classify(con, desired, archived_write_years=archived_write_years,
+                                  archive_years=archive_years)
+
+
+def sha(obj: Any) -> str:
+    """SHA-256 of canonical JSON (the fingerprint function)."""
+    return _sha(obj)
+
+
+def in_list(values: list) -> str:
+    """``(?, ?, ...)`` for a parameterised IN list."""
+    return _in(values)
