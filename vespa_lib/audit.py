@@ -29,10 +29,10 @@ from .audit_catalog import keys_and_indexes, rls_state
 from .audit_history import (
     backup,
     backup_mismatches,
-    restore_point_dir,
     compare_previous,
     content_checksum,
     find_previous,
+    restore_point_dir,
     rows_per_year_chart,
     scores_per_cycle_chart,
 )

@@ -67,14 +67,20 @@ class ImportRows:
 
 
 def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29_percentage: bool = False,
-               establishment_scope: list[str] | None = None) -> ImportRows:
+               establishment_scope: list[str] | None = None,
+               year_fallback: str | None = "snapshot_year") -> ImportRows:
     """Build the import rows of ``academic_year`` (a UK label such as ``2024/2025``) from ``snapshot``.
 
     ``reference`` is a read-only connection (DuckDB, or anything with ``.sql(q)`` returning a
     relation or DataFrame) to the target, read for ``establishments`` and existing ``students``.
     ``establishment_scope`` (establishment knack ids) limits the rows to those schools; records of
-    other schools are counted as ``out_of_scope``. Read-only on the target and on the snapshot tables.
+    other schools are counted as ``out_of_scope``. ``year_fallback``: ``"snapshot_year"`` (the
+    import's rule 2) gives a blank-date record the snapshot's year; ``None`` (the sync of a fresh
+    export, F1) sets it aside as ``no_date`` instead (after the email and establishment reasons,
+    before the score reasons). Read-only on the target and on the snapshot tables.
     """
+    if year_fallback not in ("snapshot_year", None):
+        raise ParameterError(f"year_fallback must be 'snapshot_year' or None, got {year_fallback!r}.")
     year = _import_year(academic_year)
     scope = _scope(establishment_scope)
     con = snapshot.con
@@ -89,10 +95,11 @@ def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29
         _decode_distinct(con)
         params = {"year": year, "first": int(year[:4]), "calendar_year": _calendar_year(year),
                   "scoped": scope is not None, "scope": scope or []}
-        _run_records(con, params)
+        _run_records(con, params, no_fallback=year_fallback is None)
         _run_answers(con, convert_q29_percentage)
         con.execute(rows_sql.QUARANTINE, {"file10": str(snapshot.files["object_10"]),
                                           "file29": str(snapshot.files["object_29"])})
+        con.execute(_NO_DATE_DETAIL)
         return ImportRows(
             academic_year=year,
             students=_fetch(con, "_rows_students", STUDENT_COLUMNS),
@@ -261,13 +268,24 @@ def _decode_distinct(con: duckdb.DuckDBPyConnection) -> None:
 
 # ---------------------------------------------------------------------------------- steps
 
-def _run_records(con: duckdb.DuckDBPyConnection, params: dict) -> None:
+# F1 (DOMAIN.md §4 "Never today"): without a fallback a blank date is a reason of its own, decided
+# after email/establishment/scope and before the scores, as the sync's truth orders them.
+_NO_DATE = """UPDATE _rows_outcome SET reason = 'no_date', academic_year = NULL, year_rule = NULL
+WHERE date_reason = 'blank'
+  AND (reason IS NULL OR reason IN ('stale_date', 'outside_import_year', 'bad_score', 'no_scores'))"""
+_NO_DATE_DETAIL = """UPDATE _rows_quarantine SET detail = 'the completion date (field_855) is blank: '
+    || 'no year is guessed (F1)' WHERE reason = 'no_date'"""
+
+
+def _run_records(con: duckdb.DuckDBPyConnection, params: dict, *, no_fallback: bool = False) -> None:
     """object_10: scores per cycle, establishment and year chains, outcome, duplicates, rows."""
     for sql in (rows_sql.EST_CONN, rows_sql.O6_EST, rows_sql.DOMAIN_EST, rows_sql.scores_long(),
                 rows_sql.cycles(), rows_sql.cycle_flags(), rows_sql.SCORE_SUMMARY, rows_sql.record_base()):
         con.execute(sql)
     con.execute(rows_sql.record_year(), {"year": params["year"], "calendar_year": params["calendar_year"]})
     con.execute(rows_sql.RECORD_OUTCOME, {k: params[k] for k in ("first", "scoped", "scope")})
+    if no_fallback:
+        con.execute(_NO_DATE)
     for sql in (rows_sql.RANKED, rows_sql.students(), rows_sql.SCORES):
         con.execute(sql)
 
