@@ -1,0 +1,325 @@
+"""The one authoritative sync (issue 5) on real DuckDB files with generated data.
+
+Every F-case is planted into a copy of the fresh export (or, for defence in depth, into the rows a
+broken builder would hand the planner) and caught before any write: the database checksums stay
+the same. Generated once per module: ``synth.generate`` + ``generate_fresh_export``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from vespa_lib import rows as rowsmod
+from vespa_lib import sync, synth
+from vespa_lib.errors import ParameterError
+from vespa_lib.guard import apply_plan, table_checksums
+from vespa_lib.plan import Desired, plan_changes
+from vespa_lib.sync_source import open_source
+from vespa_lib.synth.fresh import generate_fresh_export
+
+AS_OF = date(2026, 3, 15)
+YEAR, OLD = "2025/2026", "2024/2025"
+DATA = ["students", "vespa_scores", "question_responses", "academic_years"]
+O10 = "FullObject_10_2026-03-15.csv"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Snapshot, damaged DB (migrated, 2024/2025 archived through the guard), fresh export, truth."""
+    out = tmp_path_factory.mktemp("sync")
+    synth.generate(out, students=300, seed=2025)
+    generate_fresh_export(out, as_of=AS_OF)
+    con = duckdb.connect(str(out / "production.duckdb"))
+    for archive in ([], [OLD]):
+        want = Desired({}, years=[OLD])
+        plan = plan_changes(con, want, archive_years=archive)
+        apply_plan(con, want, approve=plan.fingerprint, run_id=f"setup{len(archive)}", runbook="test", actor="pytest",
+                   recompute=False, archive_years=archive)
+    con.close()
+    return out
+
+
+@pytest.fixture
+def db(world, tmp_path):
+    shutil.copy(world / "production.duckdb", tmp_path / "p.duckdb")
+    con = duckdb.connect(str(tmp_path / "p.duckdb"))
+    yield con
+    con.close()
+
+
+def truth(world: Path) -> list[dict]:
+    with (world / "fresh_truth.csv").open(encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def edited_export(world: Path, dst: Path, edit) -> str:
+    """A copy of the fresh export whose object_10 rows went through ``edit(rows) -> rows``."""
+    shutil.copytree(world / "fresh_export", dst)
+    text = (dst / O10).read_text(encoding="utf-8-sig")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = edit(list(reader))
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, reader.fieldnames, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    (dst / O10).write_text(buf.getvalue(), encoding="utf-8-sig")
+    return f"csv:{dst}"
+
+
+def check(sp, name: str) -> dict:
+    return next(c for c in sp.checks if c["name"] == name)
+
+
+def new_record(world: Path) -> dict:
+    """A fresh_truth object_10 record that syncs as a new student."""
+    return next(r for r in truth(world) if r["object"] == "object_10" and r["drift"] == "new"
+                and r["academic_year"] == YEAR)
+
+
+# --- the plan on the generated export ------------------------------------------------------------
+
+
+def test_drift_kinds_equal_the_fresh_truth(world, db):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert sp.passed, [c for c in sp.checks if not c["passed"]]
+    found = {(r.email, r.academic_year): r.drift for r in sp.drift.students.itertuples()}
+    want = {(r["email"], r["academic_year"]): r["drift"] for r in truth(world)
+            if r["object"] in ("object_10", "db_student") and r["expected"] in ("sync", "extra")}
+    assert {k: found.get(k) for k in want} == want
+    assert sum(v == "extra" for v in found.values()) == sum(v == "extra" for v in want.values())
+
+
+def test_records_that_cannot_be_synced_carry_the_truths_reasons(world, db):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    got = {(r.record_id, r.reason) for r in sp.unsyncable.itertuples() if r.object == "object_10"}
+    want = {(r["record_id"], r["reason"]) for r in truth(world)
+            if r["object"] == "object_10" and r["expected"] == "set_aside"}
+    assert got == want
+    assert {"no_date", "no_email", "no_establishment", "other_year"} <= set(sp.unsyncable["group"])
+
+
+def test_apply_then_replan_is_zero_and_history_records_every_run(world, db):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert sync.apply_sync(db, sp, approve="", run_id="p0", actor="pytest").status == "planned"
+    archived_before = table_checksums_of_year(db, OLD)
+    result = sync.apply_sync(db, sp, approve=sp.fingerprint, run_id="a1", actor="pytest")
+    assert result.status == "applied"
+    again = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert again.plan.is_empty and again.passed
+    assert table_checksums_of_year(db, OLD) == archived_before
+    hist = sync.sync_history(db)
+    assert list(hist["run_id"])[:1] == ["a1"] and {"planned", "applied"} <= set(hist["status"])
+    assert (hist.loc[hist["run_id"] == "a1", "academic_year"] == YEAR).all()
+
+
+def table_checksums_of_year(con, year: str) -> dict:
+    return {t: con.execute(f"SELECT md5(string_agg(CAST(t AS VARCHAR), ',' ORDER BY CAST(t AS VARCHAR))) "
+                           f"FROM {t} t WHERE academic_year = ?", [year]).fetchall()[0][0]
+            for t in ("students", "vespa_scores", "question_responses")}
+
+
+# --- planted F-cases: caught before any write ------------------------------------------------------
+
+
+def _planted_plan(world, tmp_path, db, edit, **kw):
+    before = table_checksums(db, DATA)
+    sp = sync.plan_sync(edited_export(world, tmp_path / "export", edit), db, AS_OF, **kw)
+    assert table_checksums(db, DATA) == before
+    return sp
+
+
+def _set(rows, record_id, **cells):
+    for row in rows:
+        if row["id"] == record_id:
+            row.update(cells)
+    return rows
+
+
+def test_f1_a_blank_date_is_set_aside_never_given_a_year(world, db, tmp_path):
+    rec = new_record(world)
+    sp = _planted_plan(world, tmp_path, db, lambda rows: _set(rows, rec["record_id"], field_855_date=""))
+    fig = check(sp, "years_from_own_dates")["figures"]
+    assert check(sp, "years_from_own_dates")["passed"] and fig["decided_by_fallback"] == 0
+    assert (sp.unsyncable.query("record_id == @rec['record_id']")["reason"] == ["no_date"]).all()
+    assert rec["email"] not in sp.desired.tables["students"].column("email").to_pylist()
+
+
+def _broken(world, db, edit_rows, tmp_path=None, **build_kw):
+    """Rows a broken builder produced, planned and proved; then every approval is refused."""
+    src = open_source(f"csv:{world / 'fresh_export'}", YEAR)
+    built = rowsmod.build_rows(src, YEAR, db, year_fallback=build_kw.pop("year_fallback", None))
+    built = edit_rows(built)
+    before = table_checksums(db, DATA)
+    sp = sync.plan_for_rows(built, src, db, AS_OF)
+    for approve in (sp.fingerprint, "auto", "policy"):
+        assert sync.apply_sync(db, sp, approve=approve, run_id=f"b-{approve[:6]}", actor="pytest").status == "refused"
+    assert table_checksums(db, DATA) == before
+    return sp
+
+
+def test_f1_a_builder_falling_back_to_the_snapshot_year_fails_the_proof(world, db):
+    sp = _broken(world, db, lambda r: r, year_fallback="snapshot_year")
+    c = check(sp, "years_from_own_dates")
+    assert not c["passed"] and c["figures"]["decided_by_fallback"] > 0 and c["figures"]["without_own_date"] > 0
+
+
+def test_f10_copied_cycles_are_dropped_and_a_planned_copy_fails_the_proof(world, db, tmp_path):
+    rec = new_record(world)
+
+    def copy_cycles(rows):
+        row = next(r for r in rows if r["id"] == rec["record_id"])
+        cur = [row[f"field_{n}"] for n in range(147, 153)]
+        for first in (155, 161, 167):
+            row.update({f"field_{first + i}": v for i, v in enumerate(cur)})
+        row["field_146"] = "1"
+        return rows
+
+    base = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    sp = _planted_plan(world, tmp_path, db, copy_cycles)
+    c = check(sp, "no_f10_cycle_copies")
+    assert c["passed"] and c["figures"]["copies_dropped"] == check(base, "no_f10_cycle_copies")["figures"][
+        "copies_dropped"] + 2 - sum(1 for _ in ())  # cycles 2 and 3 copied from the current cycle 1
+
+    def plant_copy(built):
+        s = built.vespa_scores.to_pylist()
+        one = next(r for r in s if r["cycle"] == 1 and not any(x["email"] == r["email"] and x["cycle"] == 2 for x in s))
+        student = next(x for x in built.students.to_pylist() if x["email"] == one["email"])
+        o10 = open_source(f"csv:{world / 'fresh_export'}", YEAR).con.execute(
+            "SELECT current_cycle, current_vision FROM o10 WHERE id = ?", [student["knack_id"]]).fetchall()
+        assert o10 and o10[0][0].strip() in ("1", "1.0")
+        built.vespa_scores = pa.Table.from_pylist(s + [{**one, "cycle": 2, "completion_date": None}],
+                                                  schema=built.vespa_scores.schema)
+        return built
+
+    broken = _broken(world, db, plant_copy)
+    assert check(broken, "no_f10_cycle_copies")["figures"]["copies_planned"] == 1
+
+
+def test_f8_answers_with_another_year_than_their_scores_fail_the_proof(world, db):
+    def other_year(built):
+        t = built.question_responses
+        first = t.slice(0, 32).to_pylist()
+        moved = [{**r, "academic_year": "2025/2025"} for r in first]
+        built.question_responses = pa.Table.from_pylist(t.slice(32).to_pylist() + moved, schema=t.schema)
+        return built
+
+    c = check(_broken(world, db, other_year), "one_year_per_student_cycle")
+    assert not c["passed"] and c["figures"]["answers_year_differs_from_scores"] >= 1
+
+
+def test_a_record_of_the_archived_year_is_set_aside_and_planted_rows_are_refused(world, db, tmp_path):
+    rec = new_record(world)
+    sp = _planted_plan(world, tmp_path, db, lambda rows: _set(rows, rec["record_id"], field_855_date="15/03/2025"))
+    assert check(sp, "no_archived_year_rows")["passed"]
+    assert (sp.unsyncable.query("record_id == @rec['record_id']")["reason"] == ["stale_date"]).all()
+
+    def archived(built):
+        s = built.students.to_pylist()
+        built.students = pa.Table.from_pylist(s + [{**s[0], "academic_year": OLD, "name": "Overwritten"}],
+                                              schema=built.students.schema)
+        return built
+
+    c = check(_broken(world, db, archived), "no_archived_year_rows")
+    assert not c["passed"] and c["figures"]["planned_rows_in_archived_years"]["students"] == 1
+
+
+def test_f2_a_re_enrolled_email_gets_a_new_row_and_its_other_year_row_is_untouched(world, db, tmp_path):
+    old_email = db.execute("SELECT email FROM students WHERE academic_year = ? AND email NOT IN "
+                           "(SELECT email FROM students WHERE academic_year <> ?) ORDER BY email LIMIT 1",
+                           [OLD, OLD]).fetchall()[0][0]
+    rec = new_record(world)
+    old_before = table_checksums_of_year(db, OLD)
+    sp = _planted_plan(world, tmp_path, db, lambda rows: _set(rows, rec["record_id"], field_197_email=old_email.upper()))
+    c = check(sp, "no_other_year_student_updated")
+    assert c["passed"] and c["figures"]["re_enrolled_students"] >= 1
+    keys = set(zip(sp.desired.tables["students"].column("email").to_pylist(),
+                   sp.desired.tables["students"].column("academic_year").to_pylist(), strict=True))
+    assert (old_email, YEAR) in keys and (old_email, OLD) not in keys
+    assert sync.apply_sync(db, sp, approve="auto", run_id="f2", actor="pytest").status == "applied"
+    assert table_checksums_of_year(db, OLD) == old_before
+
+    others = {r[0] for r in db.execute("SELECT email FROM students WHERE academic_year <> ?", [YEAR]).fetchall()}
+
+    def overwrite(built):
+        s = built.students.to_pylist()
+        mine = next(r for r in s if r["email"] in others)
+        built.students = pa.Table.from_pylist(s + [{**mine, "academic_year": OLD}], schema=built.students.schema)
+        return built
+
+    assert not check(_broken(world, db, overwrite), "no_other_year_student_updated")["passed"]
+
+
+def test_f16_a_deletion_outside_the_scope_is_not_planned(world, db, tmp_path):
+    extra = [r for r in truth(world) if r["reason"] == "deleted_from_knack"]
+    scope_est = extra[0]["establishment_knack_id"]
+    other = db.execute("SELECT s.email, e.knack_id FROM students s JOIN establishments e ON e.id = s.establishment_id "
+                       "WHERE s.academic_year = ? AND e.knack_id <> ? ORDER BY 1 LIMIT 1", [YEAR, scope_est]).fetchall()[0]
+    sp = _planted_plan(world, tmp_path, db, lambda rows: [r for r in rows if other[0] not in r["field_197_email"].lower()],
+                       establishment_scope=[scope_est])
+    c = check(sp, "deletions_in_scope")
+    assert c["passed"] and c["figures"]["planned_deletes"]["students"] == sum(
+        r["establishment_knack_id"] == scope_est for r in extra)
+    assert c["figures"]["extra_rows_outside_scope_kept"] > 0  # school B's rows, the planted one included
+    full = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert sp.totals()["students"]["delete"] < full.totals()["students"]["delete"]
+
+
+# --- unattended policy ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("policy", "approved", "reason"), [
+    ({"max_deletes": 0}, False, "max_deletes"),
+    ({"max_deletes": 10_000, "max_change_ratio": 0.01}, True, ""),  # no previous run: no ratio bound
+    ({"max_deletes": 10_000}, True, ""),
+])
+def test_policy_first_run(world, db, policy, approved, reason):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    before = table_checksums(db, DATA)
+    result = sync.apply_sync(db, sp, approve="policy", run_id="cron1", actor="cron", policy=policy)
+    assert (result.status == "applied") == approved
+    if not approved:
+        assert any(reason in r for r in result.reasons) and table_checksums(db, DATA) == before
+        assert sync.sync_history(db).iloc[0]["status"] == "refused"
+
+
+def test_policy_refuses_counts_out_of_bounds_of_the_previous_run(world, db, tmp_path):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert sync.apply_sync(db, sp, approve="policy", run_id="n1", actor="cron",
+                           policy={"max_deletes": 10_000}).status == "applied"
+    half = _planted_plan(world, tmp_path, db, lambda rows: rows[: len(rows) // 2])
+    before = table_checksums(db, DATA)
+    result = sync.apply_sync(db, half, approve="policy", run_id="n2", actor="cron",
+                             policy={"max_deletes": 10_000, "max_count_change": 0.2})
+    assert result.status == "refused" and any("previous sync run n1" in r for r in result.reasons)
+    assert table_checksums(db, DATA) == before
+    assert sync.sync_history(db).set_index("run_id").loc["n2", "status"] == "refused"
+
+
+@pytest.mark.parametrize("policy", [{"max_delete": 1}, {"max_deletes": "5"}, {"require_no_refused": 1}])
+def test_bad_policies_are_refused(world, db, policy):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    with pytest.raises(ParameterError, match="policy"):
+        sync.policy_decision(db, sp, policy)
+
+
+def test_auto_approval_is_refused_for_a_postgres_target_kind(world, db):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    before = table_checksums(db, DATA)
+    result = sync.apply_sync(db, sp, approve="auto", run_id="x", actor="a", target_kind="postgres")
+    assert result.status == "refused" and "DuckDB rehearsals only" in result.reasons[0]
+    assert table_checksums(db, DATA) == before
+    assert sync.sync_history(db).iloc[0]["status"] == "refused"
+
+
+@pytest.mark.parametrize("source", ["csv:", "knack:ONLY_ONE", "ftp:/x", "knack:A,"])
+def test_bad_sources_are_refused(source, db):
+    with pytest.raises(ParameterError, match="source"):
+        sync.plan_sync(source, db, AS_OF)

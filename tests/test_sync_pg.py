@@ -1,0 +1,82 @@
+"""The sync on a real PostgreSQL (issue 5): a nightly sync of 2025/2026 after 2024/2025 was archived
+leaves every 2024/2025 row exactly as it was, and the database itself refuses history writes."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import psycopg
+import pytest
+from test_audit import load_into_postgres
+
+from vespa_lib import sync, synth
+from vespa_lib.guard import apply_plan
+from vespa_lib.plan import Desired, checksum_expr, plan_changes, row_text_expr
+from vespa_lib.synth.fresh import generate_fresh_export
+
+pytestmark = pytest.mark.postgres
+
+AS_OF = date(2026, 3, 15)
+OLD = "2024/2025"
+YEAR_TABLES = ("students", "vespa_scores", "question_responses", "school_statistics", "national_statistics",
+               "academic_years")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sync_pg")
+    synth.generate(out, students=300, seed=2025)
+    generate_fresh_export(out, as_of=AS_OF)
+    return out
+
+
+def year_checksums(con, year: str) -> dict[str, str]:
+    """md5 of every row (all columns) of ``year`` in each year-keyed table."""
+    return {t: con.execute(f"SELECT {checksum_expr([row_text_expr(con, t, 't')])} FROM {t} t "
+                           "WHERE t.academic_year = %s", [year]).fetchone()[0] for t in YEAR_TABLES}
+
+
+def guarded(con, want: Desired, run_id: str, **kw) -> None:
+    plan = plan_changes(con, want, archive_years=kw.get("archive_years", ()))
+    apply_plan(con, want, approve=plan.fingerprint, run_id=run_id, runbook="test", actor="pytest", **kw)
+
+
+@pytest.fixture
+def pg(world, pg_dsn):
+    load_into_postgres(world / "production.duckdb", pg_dsn)
+    con = psycopg.connect(pg_dsn, autocommit=True)
+    guarded(con, Desired({}, years=[OLD]), "migrate", recompute=False)  # F2 key, is_archived, triggers
+    guarded(con, Desired({}, years=[OLD]), "archive", recompute=False, archive_years=[OLD])
+    yield con
+    con.close()
+
+
+def test_nightly_sync_leaves_every_archived_checksum_unchanged(world, pg):
+    before = year_checksums(pg, OLD)
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", pg, AS_OF)
+    assert sp.passed, [c for c in sp.checks if not c["passed"]]
+    assert sp.totals()["students"]["insert"] > 0 and sp.totals()["students"]["delete"] > 0
+    result = sync.apply_sync(pg, sp, approve=sp.fingerprint, run_id="night1", actor="cron", target_kind="postgres")
+    assert result.status == "applied"
+    assert year_checksums(pg, OLD) == before
+    again = sync.plan_sync(f"csv:{world / 'fresh_export'}", pg, AS_OF)
+    assert again.plan.is_empty
+    assert sync.sync_history(pg).iloc[0][["run_id", "status"]].tolist() == ["night1", "applied"]
+
+
+def test_policy_run_on_postgres_and_auto_refused(world, pg):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", pg, AS_OF)
+    before = year_checksums(pg, "2025/2026")
+    refused = sync.apply_sync(pg, sp, approve="auto", run_id="r-auto", actor="a", target_kind="postgres")
+    assert refused.status == "refused" and year_checksums(pg, "2025/2026") == before
+    ok = sync.apply_sync(pg, sp, approve="policy", run_id="r-pol", actor="cron", target_kind="postgres",
+                         policy={"max_deletes": 10_000})
+    assert ok.status == "applied"
+    assert list(sync.sync_history(pg)["status"][:2]) == ["applied", "refused"]
+
+
+def test_an_old_style_upsert_into_the_archived_year_is_refused_by_the_database(pg):
+    before = year_checksums(pg, OLD)
+    with pytest.raises(psycopg.Error, match="(?i)archiv"):
+        pg.execute("UPDATE students SET name = 'overwritten' WHERE academic_year = %s", [OLD])
+    assert year_checksums(pg, OLD) == before

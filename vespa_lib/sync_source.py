@@ -1,0 +1,99 @@
+"""Where the sync reads Knack's current state: a fresh CSV export or the Knack REST API. Read-only.
+
+``open_source("csv:<dir>", year)`` opens a fresh export in the snapshot format with
+:func:`vespa_lib.snapshot.open_snapshot`; ``open_source("knack:APP_ID_VAR,API_KEY_VAR", year)``
+reads object_6 whole and object_10/object_29 for the year's window through
+:class:`vespa_lib.knack_api.KnackClient` (the window widened by a day each side and then filtered
+exactly, F12) and loads them into DuckDB as the same views ``o6``/``o10``/``o29`` with the same
+logical columns. Both give a snapshot-like object that :func:`vespa_lib.rows.build_rows` reads, so
+the sync decodes exactly as the import does (issue 5 item 1). Credentials are read from the named
+environment variables by the client; this module never sees or records their values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from . import knack_api, snapshot, years
+from .errors import ParameterError
+
+__all__ = ["KNACK_DATE_FIELDS", "SyncSource", "open_source", "source_window"]
+
+# DOMAIN.md §3: object_10 field_855 and object_29 field_856 are the completion dates.
+KNACK_DATE_FIELDS = {"object_10": "field_855", "object_29": "field_856"}
+
+
+@dataclass
+class SyncSource:
+    """A source loaded into DuckDB: ``con`` with views o6/o10/o29, ``files`` naming each object."""
+
+    kind: str
+    spec: str
+    con: duckdb.DuckDBPyConnection
+    files: dict[str, Any]
+    records: dict[str, int]
+    details: dict = field(default_factory=dict)
+    snapshot: Any = None  # the csv Snapshot (file hashes), when kind == "csv"
+
+    def table(self, obj: str) -> str:
+        return snapshot.TABLES[obj]
+
+    def summary(self) -> dict:
+        """What was read: kind, records per object, and the read window or file names."""
+        return {"kind": self.kind, "source": self.spec, "records": dict(self.records), **self.details}
+
+
+def source_window(year: str) -> tuple[date, date]:
+    """Dates whose records can belong to UK year ``year``: its own bounds plus the calendar year
+    counted in it (``Y/Y`` counts in ``Y/Y+1``, DOMAIN.md §4), both ends inclusive (F12)."""
+    first, last = years.year_bounds(year)
+    return date(first.year, 1, 1), last
+
+
+def open_source(source: str, year: str, *, knack_base_url: str | None = None, knack_transport: Any = None,
+                knack_sleep: Any = None) -> SyncSource:
+    """Open ``source`` (``csv:<dir>`` or ``knack:APP_ID_VAR,API_KEY_VAR``) for UK year ``year``. Read-only."""
+    kind, _, rest = str(source).partition(":")
+    if kind == "csv" and rest:
+        snap = snapshot.open_snapshot(Path(rest))
+        records = {obj: snap.records(obj) for obj in snapshot.TABLES}
+        return SyncSource("csv", source, snap.con, dict(snap.files), records,
+                          {"files": {o: Path(p).name for o, p in snap.files.items()}}, snap)
+    if kind == "knack" and rest.count(",") == 1 and all(p.strip() for p in rest.split(",")):
+        app_var, key_var = (p.strip() for p in rest.split(","))
+        return _open_knack(source, year, app_var, key_var, knack_base_url, knack_transport, knack_sleep)
+    raise ParameterError(f"source {source!r} is not understood: use 'csv:<folder of a fresh export>' or "
+                         "'knack:APP_ID_VAR,API_KEY_VAR' (names of environment variables, never the values).")
+
+
+def _open_knack(spec: str, year: str, app_var: str, key_var: str, base_url: str | None, transport: Any,
+                sleep: Any) -> SyncSource:
+    kw: dict[str, Any] = {"transport": transport}
+    if base_url:
+        kw["base_url"] = base_url
+    if sleep is not None:
+        kw["sleep"] = sleep
+    start, end = source_window(year)
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    records, outside = {}, {}
+    with knack_api.KnackClient(app_var, key_var, **kw) as client:
+        reads = {"object_6": lambda: client.records("object_6")}
+        for obj, fld in KNACK_DATE_FIELDS.items():
+            reads[obj] = lambda obj=obj, fld=fld: client.records_between(obj, fld, start, end)
+        for obj, read in reads.items():
+            table = knack_api.to_arrow(read(), obj)
+            records[obj] = table.num_rows
+            outside[obj] = int(client.last_read.get("outside_window", 0)) if obj in KNACK_DATE_FIELDS else 0
+            con.register(f"_knack_{obj}", table)
+            con.execute(f"CREATE TEMP TABLE {snapshot.TABLES[obj]} AS SELECT * FROM _knack_{obj}")
+            con.unregister(f"_knack_{obj}")
+    files = {obj: f"knack:{obj}" for obj in snapshot.TABLES}
+    details = {"window": [start.isoformat(), end.isoformat()], "trimmed_outside_window": outside,
+               "app_id_var": app_var, "api_key_var": key_var}
+    return SyncSource("knack", spec, con, files, records, details)
