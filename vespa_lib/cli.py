@@ -3,7 +3,8 @@
     vespa-ops run RUNBOOK [-f params/x.yaml] [-p name=value ...] [--timeout SEC]
     vespa-ops list                      runbooks with their parameters, types, defaults and help
     vespa-ops index                     rebuild outputs/index.html from the manifests
-    vespa-ops undo RUN_ID               reverse an applied run (provided by the guarded-write module)
+    vespa-ops undo RUN_ID --target T [--approve FP]
+                                        plan the reversal of an applied run; with --approve, apply it
 
 Exit codes: 0 the run passed every check; 1 the run failed (evidence still written); 2 the command
 was refused before anything ran (unknown runbook, bad parameters). The last line ``run`` prints is
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("index", help="rebuild outputs/index.html").set_defaults(handler=cmd_index)
     undo = sub.add_parser("undo", help="reverse an applied run from its pre-image backup")
     undo.add_argument("run_id")
+    undo.add_argument("--target", required=True, help="duckdb:PATH or postgres:ENV_VAR_NAME")
+    undo.add_argument("--approve", default="", help="fingerprint of the undo plan you reviewed")
     undo.set_defaults(handler=cmd_undo)
     return parser
 
@@ -195,10 +198,25 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    """Placeholder until the guarded-write module provides undo (SPEC.md §7.5)."""
-    print(f"vespa-ops: cannot undo run {args.run_id}: undo is provided by the guarded-write module "
-          "(not yet available).", file=sys.stderr)
-    return 2
+    """Plan the undo of ``run_id`` (read-only); with ``--approve FP`` apply it as a guarded run (SPEC.md §7.5)."""
+    from vespa_lib import guard, importer, targets
+
+    target = importer.open_import(args.target)
+    try:
+        plan = guard.plan_undo(target.con, args.run_id)
+        print(plan.summary_frame().to_string(index=False))
+        print(f"Undo plan fingerprint: {plan.fingerprint}")
+        if not args.approve:
+            print(f"Nothing written. To apply: vespa-ops undo {args.run_id} --target {args.target} "
+                  f"--approve {plan.fingerprint}")
+            return 0
+        undo_id = evidence.new_run_id()
+        guard.apply_undo(target.con, args.run_id, approve=args.approve, undo_run_id=undo_id,
+                         actor=importer.actor(), target_kind=targets.parse_target(args.target).kind)
+        print(f"Run {args.run_id} undone by guarded run {undo_id}.")
+        return 0
+    finally:
+        target.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

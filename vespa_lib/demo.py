@@ -1,8 +1,13 @@
-"""``python -m vespa_lib.demo --out data/demo``: build the demo data and print what it holds.
+"""``python -m vespa_lib.demo --out data/demo``: build the demo data, run the runbooks, print the summary.
 
-Structured as steps (``STEPS``) so later issues can append the runbooks. The generation step is
-idempotent: it regenerates only when an output is missing or the generator version or parameters
-changed (recorded in ``demo.json``). The summary step is read-only.
+Steps: generate (idempotent: regenerates only when an output is missing or the generator version
+or parameters changed, recorded in ``demo.json``) → reset the working database from the pristine
+copy (``production.pristine.duckdb``, kept as generated, so every demo starts from the same damaged
+state) → summary (read-only) → the runbooks of ``RUNS`` in order, each through ``vespa-ops run`` with
+``params/demo/<name>.yaml``: csv_profile, import (plan), import (apply, ``approve=auto``: DuckDB
+rehearsal target), audit, then sync_check and year_transition when their notebooks exist. One line
+per run (runbook, status, evidence folder), then where ``outputs/index.html`` is. Exit status 1 if
+any run failed. Writes only in ``--out`` and the evidence folder.
 """
 
 from __future__ import annotations
@@ -10,15 +15,22 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from .synth import GENERATOR_VERSION, SCALES, generate
+from .synth import GENERATOR_VERSION, SCALES, generate, generate_fresh_export
 from .synth.csvwrite import FILES
 
 STAMP_FILE = "demo.json"
+PRISTINE = "production.pristine.duckdb"
+DEMO_PREFIX = "data/demo"  # params/demo/*.yaml name this folder; --out replaces it
+REPO = Path(__file__).resolve().parent.parent
 SCORE_TABLES = ("vespa_scores",)
 YEAR_TABLES = ("students", "vespa_scores", "question_responses", "school_statistics", "national_statistics")
 
@@ -27,12 +39,17 @@ def step_generate(out: Path, *, students: int = SCALES["default"], seed: int = 2
     """Generate the snapshot and damaged database unless an up-to-date one exists. True if generated."""
     wanted = {"generator_version": GENERATOR_VERSION, "students": students, "seed": seed}
     stamp = out / STAMP_FILE
-    outputs = [out / "snapshot" / FILES[o][0] for o in FILES] + [out / "production.duckdb", out / "truth.csv"]
+    outputs = [out / "snapshot" / FILES[o][0] for o in FILES] + [out / "production.duckdb", out / "truth.csv",
+                                                                 out / "fresh_export"]
     if stamp.exists() and all(p.exists() for p in outputs):
-        if json.loads(stamp.read_text(encoding="utf-8")) == wanted:
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+        if {k: recorded.get(k) for k in wanted} == wanted:
             return False
     generate(out, students=students, seed=seed)
-    stamp.write_text(json.dumps(wanted, indent=2), encoding="utf-8")
+    generate_fresh_export(out, seed=seed)  # the sync_check's current-year source (reads the pristine database)
+    from datetime import datetime  # noqa: PLC0415 - only when generating
+
+    stamp.write_text(json.dumps(wanted | {"generated_at": datetime.now().isoformat()}, indent=2), encoding="utf-8")
     return True
 
 
@@ -74,20 +91,107 @@ def step_summary(out: Path, print_: Callable[[str], None] = print) -> None:
         print_(f"  {table:<20} {label:<20} {n:>10,}")
 
 
-STEPS: tuple[tuple[str, Callable[..., object]], ...] = (("generate", step_generate), ("summary", step_summary))
+def step_reset(out: Path) -> Path:
+    """Keep the generated database pristine and start the working copy from it. Writes in ``out``."""
+    working, pristine = out / "production.duckdb", out / PRISTINE
+    stamp = json.loads((out / STAMP_FILE).read_text(encoding="utf-8")) if (out / STAMP_FILE).exists() else {}
+    if not pristine.exists() or stamp.get("pristine") != stamp.get("generated_at"):
+        shutil.copyfile(working, pristine)
+        stamp["pristine"] = stamp.get("generated_at")
+        (out / STAMP_FILE).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+    Path(str(working) + ".wal").unlink(missing_ok=True)
+    shutil.copyfile(pristine, working)
+    return working
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """One runbook run of the demo: runbook, params file stem, overrides; ``optional`` if its notebook
+    may not exist yet (other issues add it)."""
+
+    runbook: str
+    overrides: dict = field(default_factory=dict)
+    optional: bool = False
+
+
+# The hooks for later runbooks: sync_check and year_transition run after the audit once their
+# notebooks (and params/demo/<name>.yaml) exist.
+RUNS: tuple[RunStep, ...] = (
+    RunStep("csv_profile"),
+    RunStep("import", {"mode": "plan"}),
+    RunStep("import", {"mode": "apply", "approve": "auto"}),
+    RunStep("audit"),
+    RunStep("sync_check", optional=True),
+    RunStep("year_transition", optional=True),
+)
+
+
+def run_parameters(params_file: Path, out: Path) -> dict:
+    """The params file's values with ``data/demo`` replaced by ``out`` (read-only)."""
+    import yaml
+
+    values = yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}
+    return {k: (v.replace(DEMO_PREFIX, str(out)) if isinstance(v, str) else v) for k, v in values.items()}
+
+
+def step_run(step: RunStep, out: Path, outputs: Path, repo: Path = REPO) -> dict | None:
+    """Run one runbook through ``vespa-ops run``; its manifest (status, folder) or None if skipped."""
+    params_file = repo / "params" / "demo" / f"{step.runbook}.yaml"
+    if step.optional and not ((repo / "notebooks" / f"{step.runbook}.ipynb").exists() and params_file.exists()):
+        return None
+    values = run_parameters(params_file, out) | step.overrides
+    argv = [sys.executable, "-m", "vespa_lib.cli", "--notebooks", str(repo / "notebooks"), "--outputs", str(outputs),
+            "run", step.runbook, "-f", str(params_file)]
+    argv += [f"-p{k}={json.dumps(v)}" for k, v in values.items()]
+    proc = subprocess.run(argv, cwd=repo, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    folder = Path(lines[-1]) if lines else None
+    manifest_path = folder / "manifest.json" if folder else None
+    if manifest_path is None or not manifest_path.exists():
+        return {"runbook": step.runbook, "status": "failed", "folder": None,
+                "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]}
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    return {"runbook": step.runbook, "status": manifest["status"], "folder": str(folder), "error": manifest.get("error")}
+
+
+def run_all(out: Path, outputs: Path, print_: Callable[[str], None] = print) -> list[dict]:
+    """Every step of ``RUNS`` in order, one line each. Returns the results (skipped steps omitted)."""
+    results = []
+    for step in RUNS:
+        result = step_run(step, out, outputs)
+        if result is None:
+            print_(f"  {step.runbook:<16} skipped (notebook not available yet)")
+            continue
+        mode = f" ({step.overrides['mode']})" if "mode" in step.overrides else ""
+        print_(f"  {step.runbook + mode:<16} {result['status'].upper():<7} {result['folder'] or result['error']}")
+        results.append(result)
+    return results
+
+
+STEPS: tuple[tuple[str, Callable[..., object]], ...] = (
+    ("generate", step_generate), ("reset", step_reset), ("summary", step_summary), ("runbooks", run_all))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vespa_lib.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data/demo", help="demo folder (default data/demo)")
+    p.add_argument("--outputs", default=str(REPO / "outputs"), help="evidence folder (default outputs/)")
     p.add_argument("--students", type=int, default=SCALES["default"])
     p.add_argument("--seed", type=int, default=2025)
     a = p.parse_args(argv)
-    out = Path(a.out)
+    out, outputs = Path(a.out).resolve(), Path(a.outputs).resolve()
     made = step_generate(out, students=a.students, seed=a.seed)
     print(("Generated" if made else "Up to date:") + f" synthetic data in {out}")
+    step_reset(out)
+    print(f"Working database reset from {out / PRISTINE}")
     step_summary(out)
-    return 0
+    print("Runbooks:")
+    results = run_all(out, outputs)
+    print(f"Evidence index: {outputs / 'index.html'}")
+    failed = [r["runbook"] for r in results if r["status"] != "passed"]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,225 @@
+"""Benchmark the import against SPEC.md §9 (``make bench``; ``--scale 10`` for 10× the realistic scale).
+
+Generates the realistic-scale snapshot once into ``data/bench/realistic`` (reused when present), then in
+ONE run on a throw-away PostgreSQL (``vespa_lib.localpg``) measures: csv_profile (open + profile);
+building the rows; migrations (applied first, reported separately); the import plan; its apply; a
+repeated apply that finds nothing to do; a bare ``COPY`` of the same output rows into unindexed
+tables; and the original approach, per-batch ``INSERT ... VALUES ... ON CONFLICT DO UPDATE`` of
+100/200/500 rows over psycopg like the old sync, timed on a bounded subset of the answers (the first
+``--upsert-rows``) and extrapolated linearly to all rows (the output says so). Prints a table with the
+§9 ratios and writes ``data/bench/results-<timestamp>.json``. Writes only under ``data/bench`` and
+the throw-away cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from vespa_lib import importer, schema, synth
+from vespa_lib.guard import apply_plan
+from vespa_lib.localpg import LocalPostgres
+from vespa_lib.profile import profile_snapshot
+from vespa_lib.snapshot import open_snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "data" / "bench"
+YEAR = "2024/2025"
+ENV = "VESPA_BENCH_DSN"
+BATCHES = (100, 200, 500)
+
+
+def timed(fn, *args, **kw):
+    start = time.perf_counter()
+    result = fn(*args, **kw)
+    return result, time.perf_counter() - start
+
+
+def dataset(scale: int) -> Path:
+    """The generated scale (cached: generated once, reused while its truth file exists)."""
+    name = "realistic" if scale == 1 else f"{scale}x"
+    out = BENCH / name
+    if not (out / "truth.csv").exists():
+        print(f"Generating {name} scale into {out} (once) ...", flush=True)
+        synth.generate(out, students=synth.SCALES["realistic"] * scale, seed=2025)
+    return out
+
+
+def load_damaged(duck_path: Path, dsn: str) -> None:
+    """The damaged production DuckDB copied into PostgreSQL as a database the workbook did not create."""
+    src = duckdb.connect(str(duck_path), read_only=True)
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        schema.create_schema(pg, "postgres", workbook=False, legacy_email_key=True)
+        for table in schema.PRODUCTION_TABLES:
+            cols = [c["name"] for c in schema.table_columns(pg, table.name)]
+            copy_arrow(pg, table.name, cols, src.sql(f"SELECT {', '.join(_q(c) for c in cols)} FROM {table.name}")
+                       .to_arrow_table())
+        # ids were copied explicitly: move the serial on, as a database that made them itself would have
+        pg.execute("SELECT setval(pg_get_serial_sequence('academic_years', 'id'), max(id)) FROM academic_years")
+    src.close()
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def copy_arrow(pg, table: str, cols: list[str], data: pa.Table) -> None:
+    """COPY an Arrow table as CSV (the same path the guard's staging uses)."""
+    with pg.cursor().copy(f"COPY {table} ({', '.join(_q(c) for c in cols)}) FROM STDIN WITH (FORMAT csv)") as copy:
+        for batch in data.select(cols).to_batches(max_chunksize=100_000):
+            buf = io.BytesIO()
+            pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+            copy.write(buf.getvalue())
+
+
+def bare_copy(dsn: str, tables: dict[str, pa.Table]) -> float:
+    """COPY the output rows into unindexed tables (no keys, no constraints): the floor."""
+    types = {pa.string(): "text", pa.int64(): "bigint", pa.int32(): "integer", pa.bool_(): "boolean",
+             pa.date32(): "date"}
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        pg.execute("CREATE SCHEMA IF NOT EXISTS bare")
+        start = time.perf_counter()
+        with pg.transaction():
+            for name, data in tables.items():
+                cols = [f for f in data.schema if not f.name.startswith("_")]
+                columns = ", ".join(f"{_q(f.name)} {types.get(f.type, 'text')}" for f in cols)
+                pg.execute(f"CREATE TABLE bare.{name} ({columns})")
+                copy_arrow(pg, f"bare.{name}", [f.name for f in cols], data)
+        return time.perf_counter() - start
+
+
+def batched_upserts(dsn: str, rows, limit: int, batch: int) -> dict:
+    """The old sync: students upserted, then answers in multi-row INSERT ... ON CONFLICT statements."""
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        pg.execute("DROP SCHEMA IF EXISTS legacy CASCADE")
+        pg.execute("CREATE SCHEMA legacy")
+        for t in ("students", "question_responses"):
+            pg.execute(f"CREATE TABLE legacy.{t} (LIKE public.{t} INCLUDING DEFAULTS INCLUDING INDEXES)")
+        students = rows.students.select(["email", "academic_year", "knack_id", "name"]).to_pylist()
+        start = time.perf_counter()
+        for i in range(0, len(students), batch):
+            chunk = students[i:i + batch]
+            values = ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
+            pg.execute("INSERT INTO legacy.students (email, academic_year, knack_id, name) VALUES " + values +
+                       " ON CONFLICT (email, academic_year) DO UPDATE SET knack_id = EXCLUDED.knack_id, "
+                       "name = EXCLUDED.name", [v for r in chunk for v in r.values()])
+        ids = {(e, y): i for e, y, i in pg.execute("SELECT email, academic_year, id FROM legacy.students")}
+        t_students = time.perf_counter() - start
+        answers = rows.question_responses.slice(0, limit).to_pylist()
+        start = time.perf_counter()
+        for i in range(0, len(answers), batch):
+            chunk = answers[i:i + batch]
+            values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(chunk))
+            params = [v for r in chunk for v in (ids[(r["email"], r["academic_year"])], r["cycle"], r["academic_year"],
+                                                 r["question_id"], r["response_value"])]
+            pg.execute("INSERT INTO legacy.question_responses (student_id, cycle, academic_year, question_id, "
+                       "response_value) VALUES " + values + " ON CONFLICT (student_id, cycle, academic_year, "
+                       "question_id) DO UPDATE SET response_value = EXCLUDED.response_value", params)
+        t_answers = time.perf_counter() - start
+    total_rows = rows.question_responses.num_rows + rows.vespa_scores.num_rows
+    per_row = t_answers / max(1, len(answers))
+    return {"batch": batch, "students_s": t_students, "answers_timed": len(answers), "answers_s": t_answers,
+            "extrapolated_total_s": t_students + per_row * total_rows,
+            "note": f"timed {len(answers):,} answer rows, extrapolated linearly to {total_rows:,} score+answer rows"}
+
+
+def measure(scale: int, upsert_rows: int) -> dict:
+    """Every measurement of one scale, in one throw-away PostgreSQL."""
+    folder = dataset(scale)
+    res: dict = {"scale": scale, "folder": str(folder)}
+    with LocalPostgres() as server:
+        dsn = server.create_database("bench")
+        os.environ[ENV] = dsn
+        _, res["load_damaged_db_s"] = timed(load_damaged, folder / "production.duckdb", dsn)
+        target = importer.open_import(f"postgres:{ENV}")
+        (snap, prof), res["csv_profile_s"] = timed(lambda: (s := open_snapshot(folder / "snapshot"),
+                                                             profile_snapshot(s, db=target)))
+        rows, res["build_rows_s"] = timed(importer.import_rows, snap, YEAR, target, convert_q29_percentage=True,
+                                          establishment_scope=None)
+        desired = importer.desired_for(rows, target.con, YEAR)
+        labels = importer.archive_labels(desired, True)
+        mplan = importer.plan_import(target.con, desired, labels)
+        _, res["migrations_s"] = timed(apply_plan, target.con, desired, approve=mplan.fingerprint, run_id="bench-m",
+                                       runbook="import", actor="bench", target_kind="postgres", recompute=False,
+                                       archive_years=labels)
+        plan, res["plan_s"] = timed(importer.plan_import, target.con, desired, labels)
+        outcome, res["apply_s"] = timed(importer.apply_import, target.con, desired, rows, approve=plan.fingerprint,
+                                        run_id="bench", target_kind="postgres", archive=labels, planned=plan)
+        assert outcome.status == "applied", outcome.reason
+        again = importer.plan_import(target.con, desired, labels)
+        noop, res["noop_apply_s"] = timed(importer.apply_import, target.con, desired, rows, approve=again.fingerprint,
+                                          run_id="bench-2", target_kind="postgres", archive=labels)
+        assert noop.status == "nothing", noop.reason
+        target.close()
+        tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
+                  "question_responses": rows.question_responses}
+        res["bare_copy_s"] = bare_copy(dsn, tables)
+        res["upserts"] = [batched_upserts(dsn, rows, upsert_rows, b) for b in BATCHES]
+    res["rows"] = {t: d.num_rows for t, d in tables.items()}
+    res["applied"] = outcome.result.applied["applied"]
+    res["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def ratios(res: dict, base: dict | None) -> list[tuple[str, str, str, bool]]:
+    """(measure, value, bar, met) rows of SPEC.md §9."""
+    pa_s = res["plan_s"] + res["apply_s"]
+    fastest_upsert = min(u["extrapolated_total_s"] for u in res["upserts"])
+    out = [("csv_profile", f"{res['csv_profile_s']:.1f} s", "≤ 10 s", res["csv_profile_s"] <= 10),
+           ("plan + apply", f"{pa_s:.1f} s", "≤ 30 s", pa_s <= 30),
+           ("plan + apply / bare COPY", f"{pa_s / res['bare_copy_s']:.1f}×", "≤ 2×", pa_s <= 2 * res["bare_copy_s"]),
+           ("batched upserts / plan + apply", f"{fastest_upsert / pa_s:.2f}×", "≥ 50×", fastest_upsert >= 50 * pa_s),
+           ("no-op re-run", f"{res['noop_apply_s']:.1f} s", "≤ 5 s", res["noop_apply_s"] <= 5),
+           ("peak memory", f"{res['peak_memory_mb']:.0f} MB", "≤ 2048 MB", res["peak_memory_mb"] <= 2048)]
+    if base:
+        base_s = base["plan_s"] + base["apply_s"]
+        out.append(("10× scale time ratio", f"{pa_s / base_s:.1f}×", "≤ 11×", pa_s <= 11 * base_s))
+    return out
+
+
+def report(res: dict, base: dict | None) -> None:
+    print(f"\nScale {res['scale']}× ({res['rows']})")
+    for key in ("load_damaged_db_s", "csv_profile_s", "build_rows_s", "migrations_s", "plan_s", "apply_s",
+                "noop_apply_s", "bare_copy_s"):
+        print(f"  {key:<22} {res[key]:8.2f} s")
+    for u in res["upserts"]:
+        print(f"  upserts batch {u['batch']:<4}     {u['extrapolated_total_s']:8.1f} s  ({u['note']})")
+    print(f"\n  {'SPEC §9 measure':<34} {'value':>10}  {'bar':<10} met")
+    for name, value, bar, met in ratios(res, base):
+        print(f"  {name:<34} {value:>10}  {bar:<10} {'yes' if met else 'NO'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", type=int, default=1, help="1 = realistic (DOMAIN.md §1); 10 = ten times that")
+    p.add_argument("--upsert-rows", type=int, default=50_000, help="answer rows timed for the batched upserts")
+    a = p.parse_args(argv)
+    results = {"started_at": datetime.now().isoformat(), "runs": []}
+    base = measure(1, a.upsert_rows)
+    report(base, None)
+    results["runs"].append(base)
+    if a.scale != 1:
+        big = measure(a.scale, a.upsert_rows)
+        report(big, base)
+        results["runs"].append(big)
+    BENCH.mkdir(parents=True, exist_ok=True)
+    path = BENCH / f"results-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    print(f"\nResults: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
