@@ -69,9 +69,40 @@ def test_list_shows_parameters_types_defaults_and_help(tmp_path, capsys):
     assert "  echo_text: str | None = None  # text printed verbatim (exercises the PII scan)" in out
 
 
-def test_undo_is_a_placeholder_for_now(tmp_path, capsys):
-    assert _main(tmp_path, "undo", "abc123") == 2
-    assert "guarded-write module (not yet available)" in capsys.readouterr().err
+@pytest.mark.postgres
+def test_undo_plans_then_applies_only_with_the_fingerprint(tmp_path, capsys, pg_dsn, monkeypatch):
+    """`vespa-ops undo` (SPEC.md §7.5): without --approve it only prints the plan; with the printed
+    fingerprint it reverses the run exactly; a wrong fingerprint writes nothing."""
+    import psycopg
+    from test_plan import EST_A, OLD, desired, migrate, seed, students
+
+    from vespa_lib import guard
+
+    con = psycopg.connect(pg_dsn, autocommit=True)
+    seed(con)
+    migrate(con)
+    tables = ["students", "vespa_scores", "question_responses"]
+    before = guard.table_checksums(con, tables)
+    want = desired(students(OLD, EST_A, 3))
+    from vespa_lib.plan import plan_changes
+
+    plan = plan_changes(con, want)
+    guard.apply_plan(con, want, approve=plan.fingerprint, run_id="run-to-undo", runbook="test", actor="pytest",
+                     recompute=False)
+    assert guard.table_checksums(con, tables) != before
+    monkeypatch.setenv("VESPA_TEST_UNDO_DSN", pg_dsn)
+    target = "postgres:VESPA_TEST_UNDO_DSN"
+    capsys.readouterr()
+    assert _main(tmp_path, "undo", "run-to-undo", "--target", target) == 0
+    out = capsys.readouterr().out
+    fingerprint = out.split("Undo plan fingerprint: ")[1].split()[0]
+    assert "Nothing written" in out and guard.table_checksums(con, tables) != before
+    assert _main(tmp_path, "undo", "run-to-undo", "--target", target, "--approve", "0" * 64) != 0
+    assert guard.table_checksums(con, tables) != before
+    assert _main(tmp_path, "undo", "run-to-undo", "--target", target, "--approve", fingerprint) == 0
+    assert guard.table_checksums(con, tables) == before
+    assert pg_dsn.split("@")[0] not in capsys.readouterr().out
+    con.close()
 
 
 def test_load_parameters_reads_yaml_then_overrides(tmp_path):
