@@ -137,3 +137,11 @@ def test_second_concurrent_writer_is_refused(pg_dsn):
     finally:
         holder.close()
         target.close()
+
+
+def test_apply_reports_phase_timings(con):
+    result = apply(con, desired(students(OLD, EST_A, 2)), "timed")
+    assert {"plan.stage.students", "plan.classify.question_responses", "merge.question_responses",
+            "total"} <= set(result.timings)
+    assert all(v >= 0 for v in result.timings.values())
+    assert result.timings["total"] >= result.timings["merge.question_responses"]

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from test_plan import EST_A, OLD, desired, seed, students
 
+from vespa_lib import protect
 from vespa_lib.guard import apply_plan
 from vespa_lib.migrations import MIGRATIONS, f2_offending_keys, pending, recorded
 from vespa_lib.plan import plan_changes
@@ -71,8 +72,48 @@ def test_re_enrolled_student_gets_its_own_row_after_f2_migration(legacy):
     assert legacy.execute("SELECT count(*) FROM students").fetchone()[0] == 2
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5])
 def test_checksum_covers_the_definition(version):
     m = next(m for m in MIGRATIONS if m.version == version)
     assert replace(m, definition=m.definition + " ").checksum != m.checksum
     assert len({x.checksum for x in MIGRATIONS}) == len(MIGRATIONS)
+
+
+# Migration 4's first version: one plpgsql call per row (~60 µs a row, SPEC.md §9), as it was installed.
+LEGACY_ROW_TRIGGERS = """
+CREATE FUNCTION vespa_ops.vespa_archive_row_guard() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.is_archived THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = 'VESPA archive protection: legacy';
+    END IF;
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
+END $fn$;
+""" + "".join(f"DROP TRIGGER IF EXISTS vespa_archive_row_{t} ON {t};\n"
+              f"CREATE TRIGGER vespa_archive_row_{t} BEFORE INSERT OR UPDATE OR DELETE ON {t} "
+              "FOR EACH ROW EXECUTE FUNCTION vespa_ops.vespa_archive_row_guard();\n" for t in protect.PROTECTED_TABLES)
+
+
+def _trigger_levels(con) -> dict[str, str]:
+    rows = con.execute("SELECT tgname, CASE WHEN tgtype & 1 = 1 THEN 'row' ELSE 'statement' END FROM pg_trigger "
+                       "WHERE NOT tgisinternal AND starts_with(tgname, 'vespa_archive_')").fetchall()
+    return dict(rows)
+
+
+def test_row_triggers_of_the_first_version_are_replaced_by_migration_5(pg_dsn):
+    con = psycopg.connect(pg_dsn, autocommit=True)
+    seed(con)
+    want = desired([])
+    plan = plan_changes(con, want)
+    apply_plan(con, want, approve=plan.fingerprint, run_id="m1", runbook="m", actor="a", recompute=False)
+    assert set(_trigger_levels(con).values()) == {"statement"}
+    con.execute(LEGACY_ROW_TRIGGERS)
+    assert [m.version for m in pending(con)] == [5]
+    plan = plan_changes(con, want)
+    assert [m["version"] for m in plan.migrations] == [5] and "apply migrations first" in plan.blocked
+    apply_plan(con, want, approve=plan.fingerprint, run_id="m5", runbook="m", actor="a", recompute=False)
+    assert pending(con) == []
+    assert _trigger_levels(con) == dict.fromkeys(protect.TRIGGER_NAMES, "statement")
+    assert con.execute("SELECT count(*) FROM pg_proc WHERE proname = 'vespa_archive_row_guard'").fetchone()[0] == 0
+    assert [(r["version"], r["run_id"]) for r in recorded(con)][-1] == (5, "m5")
+    con.close()

@@ -41,25 +41,40 @@ def archived(pg_dsn):
 
 
 EMAIL0 = students(OLD, EST_A, 1)[0]["email"]
+EMAIL1 = students(OLD, EST_A, 2)[1]["email"]
+PROTECTED = (psycopg.errors.InsufficientPrivilege, "VESPA archive protection")
 REFUSED = [
     ("f2_upsert", f"INSERT INTO students (knack_id, email, academic_year) VALUES ('k', '{EMAIL0}', '{OLD}') "
-                  f"ON CONFLICT (email, academic_year) DO UPDATE SET academic_year = '{CUR}_'"),
+                  "ON CONFLICT (email, academic_year) DO UPDATE SET academic_year = '2026/2027'", PROTECTED),
+    # statement triggers run after the statement's rows: a rewrite that collides with a current-year
+    # row is stopped by the unique key first; either way nothing of the statement stays written
+    ("f2_upsert_colliding", f"INSERT INTO students (knack_id, email, academic_year) VALUES ('k', '{EMAIL0}', "
+                            f"'{OLD}') ON CONFLICT (email, academic_year) DO UPDATE SET academic_year = '{CUR}'",
+     (psycopg.errors.UniqueViolation, "students_email_academic_year_key")),
     ("f2_year_rewrite", f"UPDATE students SET academic_year = '2026/2027' WHERE email = '{EMAIL0}' "
-                        f"AND academic_year = '{OLD}'"),
-    ("score_update", f"UPDATE vespa_scores SET vision = 1 WHERE academic_year = '{OLD}'"),
-    ("f9_delete_all", "DELETE FROM national_statistics"),
-    ("truncate", "TRUNCATE national_statistics"),
-    ("unarchive", f"UPDATE academic_years SET is_archived = false WHERE academic_year = '{OLD}'"),
-    ("insert_into_archive", f"INSERT INTO students (knack_id, email, academic_year) VALUES ('k', 'new@x.uk', '{OLD}')"),
+                        f"AND academic_year = '{OLD}'", PROTECTED),
+    ("score_update", f"UPDATE vespa_scores SET vision = 1 WHERE academic_year = '{OLD}'", PROTECTED),
+    ("score_update_both_years", "UPDATE vespa_scores SET vision = 1", PROTECTED),
+    ("f9_delete_all", "DELETE FROM national_statistics", PROTECTED),
+    ("truncate", "TRUNCATE national_statistics", PROTECTED),
+    ("unarchive", f"UPDATE academic_years SET is_archived = false WHERE academic_year = '{OLD}'", PROTECTED),
+    ("unmark_row", f"UPDATE students SET is_archived = false WHERE email = '{EMAIL1}' AND academic_year = '{OLD}'",
+     PROTECTED),
+    ("insert_into_archive", f"INSERT INTO students (knack_id, email, academic_year) VALUES ('k', 'new@x.uk', '{OLD}')",
+     PROTECTED),
+    ("insert_select_many", f"INSERT INTO question_responses (student_id, academic_year, cycle, question_id, "
+                           f"response_value) SELECT student_id, '{OLD}', cycle, question_id || 'x', 1 "
+                           "FROM question_responses", PROTECTED),
 ]
 
 
-@pytest.mark.parametrize(("name", "sql"), REFUSED, ids=[r[0] for r in REFUSED])
-def test_old_sync_statements_are_refused(archived, name, sql):
+@pytest.mark.parametrize(("name", "sql", "refusal"), REFUSED, ids=[r[0] for r in REFUSED])
+def test_old_sync_statements_are_refused(archived, name, sql, refusal):
     con, plain = archived
     before = table_checksums(con, DATA)
-    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="VESPA archive protection"):
-        plain.execute(sql.replace(f"'{CUR}_'", f"'{CUR}'"))
+    error, message = refusal
+    with pytest.raises(error, match=message):
+        plain.execute(sql)
     assert table_checksums(con, DATA) == before
 
 

@@ -52,6 +52,7 @@ from vespa_lib.plan import (
     run,
     scalar,
     stage_and_classify,
+    timed,
 )
 from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of, table_columns
 from vespa_lib.years import year_bounds
@@ -77,6 +78,7 @@ class ApplyResult:
     migrations: list[dict] = field(default_factory=list)
     backup_files: list[str] = field(default_factory=list)
     status: str = "applied"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (plan.*, merge.*, ...)
 
 
 def crash_point(name: str) -> None:
@@ -214,34 +216,40 @@ def _write_parquet(con: Any, run_id: str, backup_dir: Path | None) -> list[str]:
 
 
 def _archived_expr(years: list[str]) -> tuple[str, list]:
-    return (f"d.academic_year IN {in_list(years)}", list(years)) if years else ("false", [])
+    return (f"p.academic_year IN {in_list(years)}", list(years)) if years else ("false", [])
 
 
-def _insert(con: Any, spec: Any, cols: list[str], marked: list[str]) -> int:
-    on = " AND ".join(f"p.{q(k)} = d.{q(k)}" for k in spec.keys)
+def _insert(con: Any, spec: Any, cols: list[str], marked: list[str], run_id: str) -> int:
+    """Insert the planned rows from the plan table; on PostgreSQL the inserted rows are backed up by
+    the same statement (``RETURNING``), so they need no second lookup by natural key."""
     expr, params = _archived_expr(marked)
     if spec.via_student:
         target = ["student_id", *(c for c in cols if c != "email")]
-        values = ["s.id", *(f"d.{q(c)}" for c in cols if c != "email")]
-        join = "JOIN students s ON s.email = d.email AND s.academic_year = d.academic_year"
+        values = ["s.id", *(f"p.{q(c)}" for c in cols if c != "email")]
+        join = "JOIN students s ON s.email = p.email AND s.academic_year = p.academic_year"
     else:
-        target, values, join = cols, [f"d.{q(c)}" for c in cols], ""
-    return run(con, f"INSERT INTO {spec.name} ({', '.join(q(c) for c in target)}, is_archived) "
-                    f"SELECT {', '.join(values)}, {expr} FROM vespa_stage_{spec.name} d JOIN vespa_plan_{spec.name} p "
-                    f"ON {on} {join} WHERE p.op = 'insert' AND p.refused IS NULL", params)[0][0]
+        target, values, join = cols, [f"p.{q(c)}" for c in cols], ""
+    insert = (f"INSERT INTO {spec.name} ({', '.join(q(c) for c in target)}, is_archived) "
+              f"SELECT {', '.join(values)}, {expr.replace('d.', 'p.')} FROM vespa_plan_{spec.name} p {join} "
+              "WHERE p.op = 'insert' AND p.refused IS NULL")
+    if dialect_of(con) != "postgres":  # DuckDB has no DML in WITH: backed up by key afterwards
+        n = run(con, insert, params)[0][0]
+        _backup_rows(con, run_id, spec.name, _inserted_ids(spec), [], "insert")
+        return n
+    backup = ", ".join(q(c) for c in _backup_cols(con, spec.name))
+    return run(con, f"WITH ins AS ({insert} RETURNING *) INSERT INTO {OPS_SCHEMA}.backup_{spec.name} "
+                    f"({backup}, _run_id, _op) SELECT {backup}, ?, 'insert' FROM ins", [*params, run_id])[0][0]
 
 
 def _update(con: Any, spec: Any, cols: list[str]) -> int:
     compared = [c for c in cols if c not in spec.keys and not _duck_fk_column(con, spec, c)]
     if not compared:
         return 0
-    on = " AND ".join(f"p.{q(k)} = d.{q(k)}" for k in spec.keys)
-    sets = ", ".join(f"{q(c)} = d.{q(c)}" for c in compared)
+    sets = ", ".join(f"{q(c)} = p.{q(c)}" for c in compared)
     if spec.name == "students":
         sets += ", updated_at = current_timestamp"
-    return run(con, f"UPDATE {spec.name} SET {sets} FROM (SELECT p.lid AS vespa_lid, d.* FROM vespa_stage_{spec.name} d "
-                    f"JOIN vespa_plan_{spec.name} p ON {on} WHERE p.op = 'update' AND p.refused IS NULL) d "
-                    f"WHERE {spec.name}.id = d.vespa_lid")[0][0]
+    return run(con, f"UPDATE {spec.name} SET {sets} FROM vespa_plan_{spec.name} p "
+                    f"WHERE {spec.name}.id = p.lid AND p.op = 'update' AND p.refused IS NULL")[0][0]
 
 
 def _duck_fk_column(con: Any, spec: Any, column: str) -> bool:
@@ -256,21 +264,23 @@ def _refuse_duck_limits(con: Any, plan: Plan) -> None:
                            "change on PostgreSQL, or delete and re-import the students concerned.")
 
 
-def _merge(con: Any, plan: Plan, run_id: str, marked: list[str]) -> dict:
+def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[str, float]) -> dict:
     """Backups, then deletes (children first), inserts and updates (students first). Counts per table."""
     present = [s for s in SPECS if s.name in plan.counts_by_table]
     applied: dict[str, dict[str, int]] = {s.name: {} for s in present}
-    for spec in present:
-        _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("update",)), [], "update")
-        _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("delete",)), [], "delete")
-    for spec in reversed(present):
-        applied[spec.name]["delete"] = run(con, f"DELETE FROM {spec.name} WHERE id IN (SELECT lid FROM "
-                                                f"vespa_plan_{spec.name} WHERE op = 'delete' AND refused IS NULL)")[0][0]
+    with timed(timings, "backup"):
+        for spec in present:
+            _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("update",)), [], "update")
+            _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("delete",)), [], "delete")
+    with timed(timings, "merge.delete"):
+        for spec in reversed(present):
+            applied[spec.name]["delete"] = run(con, f"DELETE FROM {spec.name} WHERE id IN (SELECT lid FROM vespa_plan_"
+                                                    f"{spec.name} WHERE op = 'delete' AND refused IS NULL)")[0][0]
     for spec in present:
         cols = plan.staged[spec.name]
-        applied[spec.name]["insert"] = _insert(con, spec, cols, marked)
-        applied[spec.name]["update"] = _update(con, spec, cols)
-        _backup_rows(con, run_id, spec.name, _inserted_ids(spec), [], "insert")
+        with timed(timings, f"merge.{spec.name}"):
+            applied[spec.name]["insert"] = _insert(con, spec, cols, marked, run_id)
+            applied[spec.name]["update"] = _update(con, spec, cols)
         crash_point("merge")
     return applied
 
@@ -355,10 +365,12 @@ def apply_plan(con: Any, desired: Desired, *, approve: str, run_id: str, runbook
     hook = _resolve_hook(recompute)
     archive_years, write_years = sorted(archive_years), sorted(archived_write_years)
     info = {"runbook": runbook, "actor": actor, "parameters": parameters, "target_kind": target_kind or dialect}
+    started = time.perf_counter()
     with write_transaction(con):
         _lock(con)
         plan = stage_and_classify(con, desired, archived_write_years=write_years, archive_years=archive_years,
                                   on_chunk=lambda i: crash_point("copy"))
+        timings = {f"plan.{k}": v for k, v in plan.timings.items()}
         _check_fingerprint(plan, approve)
         info["fingerprint"] = plan.fingerprint
         if plan.migrations:
@@ -367,28 +379,39 @@ def apply_plan(con: Any, desired: Desired, *, approve: str, run_id: str, runbook
             _close_run(con, run_id, {"migrations": done})
             crash_point("before_commit")
             return ApplyResult(run_id, plan.fingerprint, plan, migrations=done)
-        result = _apply_data(con, plan, run_id, info, hook, archive_years, write_years, desired)
-        result.backup_files = _write_parquet(con, run_id, Path(backup_dir) if backup_dir else None)
+        result = _apply_data(con, plan, run_id, info, hook, (archive_years, write_years), desired, timings)
+        with timed(timings, "parquet"):
+            result.backup_files = _write_parquet(con, run_id, Path(backup_dir) if backup_dir else None)
         crash_point("before_commit")
+        commit_started = time.perf_counter()
+    timings["commit"] = round(time.perf_counter() - commit_started, 4)
+    timings["total"] = round(time.perf_counter() - started, 4)
+    result.timings = timings
     return result
 
 
 def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | None,
-                archive_years: list[str], write_years: list[str], desired: Desired) -> ApplyResult:
-    """Steps 5-6 of the module docstring, inside the open transaction."""
+                years: tuple[list[str], list[str]], desired: Desired, timings: dict[str, float]) -> ApplyResult:
+    """Steps 5-6 of the module docstring, inside the open transaction (``years``: archive, write)."""
+    archive_years, write_years = years
     changed = _changed_years(plan)
     _refuse_duck_limits(con, plan)
     _open_run(con, run_id, info, sorted(set(changed) | set(archive_years)), sorted(set(archive_years) | set(write_years)))
-    before = _year_counts(con)
+    with timed(timings, "check_counts"):
+        before = _year_counts(con)
     marked_years = sorted(set(archive_years) | set(archived_years(con)))
     stats_years = sorted((set(changed) if hook else set()) | set(archive_years))
     if stats_years:
-        _snapshot_stats(con, run_id, stats_years)
-    applied = _merge(con, plan, run_id, marked_years)
-    if hook is not None and changed:
-        hook(con, dialect_of(con), sorted(set(changed) | set(archive_years)), desired.establishment_ids)
-    marked = _mark_archived(con, run_id, archive_years, stats_years) if archive_years else {}
-    _check_counts(plan, applied, before, _year_counts(con))
+        with timed(timings, "backup"):
+            _snapshot_stats(con, run_id, stats_years)
+    applied = _merge(con, plan, run_id, marked_years, timings)
+    with timed(timings, "statistics"):
+        if hook is not None and changed:
+            hook(con, dialect_of(con), sorted(set(changed) | set(archive_years)), desired.establishment_ids)
+    with timed(timings, "archive_markers"):
+        marked = _mark_archived(con, run_id, archive_years, stats_years) if archive_years else {}
+    with timed(timings, "check_counts"):
+        _check_counts(plan, applied, before, _year_counts(con))
     for table, n in plan.extra.get("mark", {}).items():
         if marked.get(table) != n:
             raise ValidationFailed(["archive_markers"], f"{table}: planned to mark {n} rows archived, marked "

@@ -3,7 +3,9 @@
     1  vespa_ops schema and tables (migrations, ledger, archive grants, quarantine, backups)
     2  is_archived markers on every data table and academic_years
     3  replace any single-year unique key on students (F2: unique(email)) by unique(email, academic_year)
-    4  archive protection triggers (PostgreSQL only; ``vespa_lib.protect``)
+    4  archive protection triggers (PostgreSQL only; ``vespa_lib.protect``): statement-level
+    5  replace the FOR EACH ROW archive triggers of migration 4's first version (~60 µs a row,
+       SPEC.md §9) by the statement-level ones; pending only on a database that still has them
 
 Whether a migration is pending is decided from the schema actually present (so a database built by
 ``schema.create_schema`` needs only what it lacks), never from bookkeeping alone. ``pending`` is
@@ -121,7 +123,19 @@ def _replace_f2(con: Any, dialect: str) -> list[str]:
 # --- 4: triggers ---------------------------------------------------------------------------------
 
 
+def _legacy_triggers(con: Any) -> bool:
+    """Whether FOR EACH ROW archive triggers (or their function) of migration 4's first version remain."""
+    rows = scalar(con, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND starts_with(tgname, 'vespa_archive_') "
+                       "AND (tgtype & 1) = 1")  # tgtype bit 0: FOR EACH ROW
+    functions = scalar(con, "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                            "WHERE n.nspname = ? AND p.proname = ANY(?)",
+                       [WORKBOOK_SCHEMA, list(protect.LEGACY_FUNCTION_NAMES)])
+    return bool(rows or functions)
+
+
 def _needs_triggers(con: Any) -> bool:
+    if _legacy_triggers(con):
+        return False  # migration 5 replaces them
     found = scalar(con, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname = ANY(?)",
                    [list(protect.TRIGGER_NAMES)])
     if found != len(protect.TRIGGER_NAMES):
@@ -148,6 +162,9 @@ MIGRATIONS: tuple[Migration, ...] = (
               _needs_f2, _replace_f2),
     Migration(4, "install archive protection triggers", protect.INSTALL_SQL, _needs_triggers, _install_triggers,
               dialects=("postgres",)),
+    Migration(5, "replace row-level archive triggers by statement-level triggers (SPEC.md §9)",
+              "DROP FOR EACH ROW vespa_archive_* triggers and vespa_archive_row_guard();\n" + protect.INSTALL_SQL,
+              _legacy_triggers, _install_triggers, dialects=("postgres",)),
 )
 
 

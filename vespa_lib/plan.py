@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,6 +69,19 @@ def checksum_expr(parts: list[str]) -> str:
     """An order-independent md5 aggregate over rows whose text is ``parts`` joined (NULLs marked)."""
     text = "concat_ws('|', " + ", ".join(f"coalesce(CAST({p} AS TEXT), {_NULL})" for p in parts) + ")"
     return f"md5(coalesce(string_agg({text}, chr(10) ORDER BY {text}), ''))"
+
+
+def digest_expr(dialect: str, parts: list[str]) -> str:
+    """An order-independent digest of rows whose text is ``parts`` joined: count and two 64-bit hash sums.
+
+    Unlike ``checksum_expr`` it needs no sort (an ordered string_agg over a million rows took ~25 s),
+    so it is one streaming aggregate per table slice (SPEC.md §9). A sum, not XOR: repeated rows count."""
+    text = "concat_ws('|', " + ", ".join(f"coalesce(CAST({p} AS TEXT), {_NULL})" for p in parts) + ")"
+    if dialect == "postgres":
+        hi, lo = f"hashtextextended({text}, 0)", f"hashtextextended({text}, 1)"
+    else:
+        hi, lo = f"md5_number_upper({text})", f"md5_number_lower({text})"
+    return f"concat(count(*), ':', coalesce(sum({hi}), 0), ':', coalesce(sum({lo}), 0))"
 
 
 def row_text_expr(con: Any, table: str, alias: str, schema: str = "public") -> str:
@@ -137,6 +151,7 @@ class Plan:
     kind: str = "data"
     extra: dict = field(default_factory=dict)
     staged: dict[str, list[str]] = field(default_factory=dict)  # staged columns per table (for the merge)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase; not part of the fingerprint
 
     def counts(self) -> dict[str, dict[str, dict[str, int]]]:
         """{table: {year: {insert, update, unchanged, delete, refused}}}."""
@@ -261,23 +276,28 @@ def _has_student(spec: TableSpec) -> str:
     return "(ss.id IS NOT NULL OR (xs.email IS NOT NULL AND xs.refused IS NULL))"
 
 
-def _classify(con: Any, spec: TableSpec, cols: list[str], desired: Desired) -> None:
-    """Create ``vespa_plan_<table>``: one row per desired key (and per delete) with op and flags."""
+def _classify(con: Any, spec: TableSpec, cols: list[str], desired: Desired, locked: list[str]) -> None:
+    """Create ``vespa_plan_<table>``: one row per desired key (and per delete) with op, refusal, flags
+    and the desired values, so the merge, digest and samples read this one table (no re-join)."""
     compared = [c for c in cols if c not in spec.keys]
     on = " AND ".join(f"l.{q(k)} = d.{q(k)}" for k in spec.keys)
     flags = "".join(f", (d.{q(c)} IS DISTINCT FROM l.{q(c)}) AS {q('ch_' + c)}" for c in compared)
+    values = "".join(f", d.{q(c)}" for c in compared)
     differs = " OR ".join(f"d.{q(c)} IS DISTINCT FROM l.{q(c)}" for c in compared) or "false"
     keys = ", ".join(f"d.{q(k)}" for k in spec.keys)
     name = f"vespa_plan_{spec.name}"
     d_est, joins = _d_est(spec, cols)
+    refusal, params = _refusal(spec, desired, locked)
     run(con, f"DROP TABLE IF EXISTS {name}")
-    run(con, f"CREATE TEMP TABLE {name} AS SELECT {keys}, l.lid, CAST({d_est} AS TEXT) AS d_est, "
-             f"CAST(l.l_est AS TEXT) AS l_est, {_has_student(spec)} AS has_student, CASE WHEN l.lid IS NULL THEN 'insert' "
-             f"WHEN {differs} THEN 'update' ELSE 'unchanged' END AS op, CAST(NULL AS TEXT) AS refused{flags} "
-             f"FROM vespa_stage_{spec.name} d LEFT JOIN ({live_sql(spec, cols)}) l ON {on} {joins}")
-    _analyze(con, name)
+    run(con, f"CREATE TEMP TABLE {name} AS SELECT c.*, CASE WHEN c.op = 'unchanged' THEN CAST(NULL AS TEXT) "
+             f"ELSE {refusal} END AS refused FROM (SELECT {keys}, l.lid, CAST({d_est} AS TEXT) AS d_est, "
+             f"CAST(l.l_est AS TEXT) AS l_est, {_has_student(spec)} AS has_student, CASE WHEN l.lid IS NULL THEN "
+             f"'insert' WHEN {differs} THEN 'update' ELSE 'unchanged' END AS op{flags}{values} "
+             f"FROM vespa_stage_{spec.name} d LEFT JOIN ({live_sql(spec, cols)}) l ON {on} {joins}) c", params)
     if desired.allow_delete:
         _plan_deletes(con, spec, cols, desired)
+        run(con, f"UPDATE {name} SET refused = {refusal} WHERE op = 'delete'", params)
+    _analyze(con, name)
 
 
 def _in(values: list) -> str:
@@ -298,8 +318,10 @@ def _plan_deletes(con: Any, spec: TableSpec, cols: list[str], desired: Desired) 
              f"AND NOT EXISTS (SELECT 1 FROM vespa_stage_{spec.name} d WHERE {on})", params)
 
 
-def _refuse(con: Any, spec: TableSpec, desired: Desired, locked_years: list[str]) -> None:
-    """Mark changes the run may not make: outside scope (F16), archived year, no student to link."""
+def _refusal(spec: TableSpec, desired: Desired, locked_years: list[str]) -> tuple[str, list]:
+    """Why a change may not be made (NULL when it may): outside scope (F16), archived year, no student.
+
+    A CASE over the plan row's columns, with its parameters, used when the plan table is created."""
     params: list = list(desired.years)
     cases = [f"WHEN academic_year NOT IN {_in(desired.years)} THEN 'outside_year_scope'"]
     if desired.establishment_ids is not None:
@@ -312,8 +334,7 @@ def _refuse(con: Any, spec: TableSpec, desired: Desired, locked_years: list[str]
         params += locked_years
     if spec.via_student:
         cases.append("WHEN lid IS NULL AND NOT has_student THEN 'no_student'")
-    run(con, f"UPDATE vespa_plan_{spec.name} p SET refused = CASE {' '.join(cases)} END "
-             "WHERE op <> 'unchanged'", params)
+    return f"CASE {' '.join(cases)} END", params
 
 
 # --- summarising ---------------------------------------------------------------------------------
@@ -342,11 +363,11 @@ def _samples(con: Any, spec: TableSpec, cols: list[str], changed: list[str]) -> 
     if not changed:
         return []
     keys = ", ".join(f"p.{q(k)}" for k in spec.keys)
-    on = " AND ".join(f"d.{q(k)} = p.{q(k)}" for k in spec.keys)
-    vals = ", ".join(f"CAST(l.{q(c)} AS TEXT), CAST(d.{q(c)} AS TEXT)" for c in changed)
-    rows = run(con, f"SELECT {keys}, {vals} FROM vespa_plan_{spec.name} p JOIN vespa_stage_{spec.name} d ON {on} "
-                    f"JOIN ({live_sql(spec, cols)}) l ON l.lid = p.lid WHERE p.op = 'update' AND p.refused IS NULL "
-                    f"ORDER BY {keys} LIMIT {SAMPLE_ROWS}")
+    vals = ", ".join(f"CAST(l.{q(c)} AS TEXT), CAST(p.{q(c)} AS TEXT)" for c in changed)
+    # the few plan rows first, then their live values by id: no join over the whole live table
+    rows = run(con, f"SELECT {keys}, {vals} FROM (SELECT * FROM vespa_plan_{spec.name} WHERE op = 'update' "
+                    f"AND refused IS NULL ORDER BY {', '.join(q(k) for k in spec.keys)} LIMIT {SAMPLE_ROWS}) p "
+                    f"JOIN ({live_sql(spec, cols)}) l ON l.lid = p.lid ORDER BY {keys}")
     out = []
     for row in rows:
         key = dict(zip(spec.keys, row[:len(spec.keys)], strict=True))
@@ -358,25 +379,44 @@ def _samples(con: Any, spec: TableSpec, cols: list[str], changed: list[str]) -> 
 
 
 def _change_digest(con: Any, spec: TableSpec, cols: list[str]) -> str:
-    """md5 over keys, op, refusal and desired values of every change (unchanged rows excluded)."""
-    on = " AND ".join(f"d.{q(k)} = p.{q(k)}" for k in spec.keys)
+    """Digest over keys, op, refusal and desired values of every change (unchanged rows excluded)."""
     parts = ["p.op", "p.refused", "CAST(p.lid AS TEXT)", *(f"p.{q(k)}" for k in spec.keys),
-             *(f"d.{q(c)}" for c in cols if c not in spec.keys)]
-    return scalar(con, f"SELECT {checksum_expr(parts)} FROM vespa_plan_{spec.name} p "
-                       f"LEFT JOIN vespa_stage_{spec.name} d ON {on} WHERE p.op <> 'unchanged'") or ""
+             *(f"p.{q(c)}" for c in cols if c not in spec.keys)]
+    return scalar(con, f"SELECT {digest_expr(dialect_of(con), parts)} FROM vespa_plan_{spec.name} p "
+                       "WHERE p.op <> 'unchanged'") or ""
 
 
 def state_digest(con: Any, years: list[str]) -> dict[str, str]:
-    """md5 of the live slices of ``years`` of every planned table, plus academic_years. Read-only."""
+    """Digest of the live slices of ``years`` of every planned table, plus academic_years. Read-only."""
     out = {}
     for name in [s.name for s in SPECS] + ["academic_years"]:
         text = row_text_expr(con, name, "t")
-        out[name] = scalar(con, f"SELECT {checksum_expr([text])} FROM {name} t WHERE t.academic_year "
+        out[name] = scalar(con, f"SELECT {digest_expr(dialect_of(con), [text])} FROM {name} t WHERE t.academic_year "
                                 f"IN {_in(years)}", years) or ""
     return out
 
 
 # --- entry points --------------------------------------------------------------------------------
+
+
+@contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``timings[phase]`` (benchmarks read them; SPEC.md §9)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = round(timings.get(phase, 0.0) + time.perf_counter() - start, 4)
+
+
+# Hash joins and aggregates over a million staged rows spill to disk in batches at the default 4 MB;
+# transaction-local, so it ends with the plan's or the apply's transaction.
+WORK_MEM = "128MB"
+
+
+def _session_settings(con: Any) -> None:
+    if dialect_of(con) == "postgres":
+        run(con, "SELECT set_config('work_mem', ?, true)", [WORK_MEM])
 
 
 def archived_years(con: Any) -> list[str]:
@@ -398,25 +438,31 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
         digest = {"migrations": migrations, "scope": scope}
         return Plan({}, {}, {}, {}, migrations, _sha(digest), scope, kind="migrations")
     locked = [y for y in archived_years(con) if y not in archived_write_years]
+    _session_settings(con)
     counts, changed, samples, reasons, changes, staged = {}, {}, {}, {}, {}, {}
+    timings: dict[str, float] = {}
     for spec in SPECS:
         if spec.name not in desired.tables:
             continue
-        cols = staged[spec.name] = _stage(con, dialect, spec, desired.tables[spec.name], on_chunk)
-        _check_unique(con, spec)
-        _classify(con, spec, cols, desired)
-        _refuse(con, spec, desired, locked)
-        counts[spec.name] = _counts(con, spec)
-        changed[spec.name] = _changed_columns(con, spec, cols)
-        samples[spec.name] = _samples(con, spec, cols, changed[spec.name])
-        reasons[spec.name] = dict(run(con, f"SELECT refused, count(*) FROM vespa_plan_{spec.name} "
-                                           "WHERE refused IS NOT NULL GROUP BY 1 ORDER BY 1"))
-        changes[spec.name] = _change_digest(con, spec, cols)
+        with timed(timings, f"stage.{spec.name}"):
+            cols = staged[spec.name] = _stage(con, dialect, spec, desired.tables[spec.name], on_chunk)
+            _check_unique(con, spec)
+        with timed(timings, f"classify.{spec.name}"):
+            _classify(con, spec, cols, desired, locked)
+        with timed(timings, f"summarise.{spec.name}"):
+            counts[spec.name] = _counts(con, spec)
+            changed[spec.name] = _changed_columns(con, spec, cols)
+            samples[spec.name] = _samples(con, spec, cols, changed[spec.name])
+            reasons[spec.name] = dict(run(con, f"SELECT refused, count(*) FROM vespa_plan_{spec.name} "
+                                               "WHERE refused IS NOT NULL GROUP BY 1 ORDER BY 1"))
+            changes[spec.name] = _change_digest(con, spec, cols)
     years = sorted(set(desired.years) | {y for c in counts.values() for y in c} | set(archive_years))
-    extra = {"mark": _mark_counts(con, list(archive_years), set(counts))}
-    state = state_digest(con, years)
+    with timed(timings, "state_digest"):
+        extra = {"mark": _mark_counts(con, list(archive_years), set(counts))}
+        state = state_digest(con, years)
     fingerprint = _sha({"changes": changes, "counts": counts, "state": state, "scope": scope, "extra": extra})
-    return Plan(counts, changed, samples, reasons, [], fingerprint, scope, extra=extra, staged=staged)
+    return Plan(counts, changed, samples, reasons, [], fingerprint, scope, extra=extra, staged=staged,
+                timings=timings)
 
 
 def _mark_counts(con: Any, archive_years: list[str], planned: set[str]) -> dict[str, int]:
