@@ -145,3 +145,23 @@ def test_apply_reports_phase_timings(con):
             "total"} <= set(result.timings)
     assert all(v >= 0 for v in result.timings.values())
     assert result.timings["total"] >= result.timings["merge.question_responses"]
+
+
+def test_default_statistics_hook_recomputes_benchmark_years(duckdb_path):
+    """The guard's default hook (recompute=None) calls stats with canonical benchmark years: a
+    calendar label counts in its benchmark year, a misspelling is canonicalised (DOMAIN.md §4, F11)."""
+    import duckdb
+
+    from vespa_lib import guard, stats
+
+    calls = []
+    con = duckdb.connect(str(duckdb_path))
+    original = stats.recompute_statistics
+    try:
+        stats.recompute_statistics = lambda c, ys, ests=None: calls.append((ys, ests))
+        guard.default_statistics_hook(con, "duckdb", ["2024/2024", "2025-26", "2024/2025", "junk"], None)
+    finally:
+        stats.recompute_statistics = original
+    assert calls == [(["2024/2025", "2025/2026"], None)]
+    assert guard._resolve_hook(None) is guard.default_statistics_hook
+    assert guard._resolve_hook(False) is None

@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vespa_lib.errors import GuardRefused, ValidationFailed
+from vespa_lib.errors import GuardRefused, ValidationFailed, VespaError
 from vespa_lib.migrations import ARCHIVED_TABLES, apply_pending
 from vespa_lib.plan import (
     SPECS,
@@ -156,16 +156,29 @@ def _close_run(con: Any, run_id: str, counts: dict) -> None:
 
 
 def _resolve_hook(recompute: Callable | None | bool) -> Callable | None:
-    """``None``: vespa_lib.stats.recompute_statistics if that module exists; ``False``: no recompute."""
+    """``None``: statistics of the touched years (``default_statistics_hook``); ``False``: no recompute;
+    a callable: ``hook(con, dialect, labels, establishment_ids)`` inside the transaction."""
     if recompute is False:
         return None
     if recompute is not None:
         return recompute
-    try:
-        from vespa_lib import stats  # noqa: PLC0415 - written concurrently; optional until it lands
-    except ImportError:
-        return None
-    return getattr(stats, "recompute_statistics", None)
+    return default_statistics_hook
+
+
+def default_statistics_hook(con: Any, dialect: str, labels: list[str], establishment_ids: list | None) -> None:
+    """Recompute school and national statistics for the benchmark years of the touched labels
+    (DOMAIN.md §4: a calendar year ``Y/Y`` is counted in ``Y/Y+1``; misspelt labels are canonicalised)."""
+    from vespa_lib import stats, years  # noqa: PLC0415 - stats imports guard-free modules only
+
+    wanted = set()
+    for label in labels:
+        try:
+            canonical = years.canonical(label)
+        except VespaError:
+            continue  # a nonsense label has no statistics; the audit reports it (F11)
+        wanted.add(years.benchmark_year(canonical) if years.is_calendar_label(canonical) else canonical)
+    if wanted:
+        stats.recompute_statistics(con, sorted(wanted), establishment_ids)
 
 
 # --- backup --------------------------------------------------------------------------------------
