@@ -11,12 +11,13 @@ import pytest
 from vespa_lib import demo, evidence
 
 REPO = Path(__file__).resolve().parent.parent
+SMALL = 100  # the generator's minimum (vespa_lib.synth refuses fewer)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    demo.step_generate(out, students=120)
+    demo.step_generate(out, students=SMALL)
     return out
 
 
@@ -29,7 +30,7 @@ def test_reset_restores_the_pristine_damaged_database(small):
     with duckdb.connect(str(working), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM question_responses").fetchone()[0] > 0
         assert con.execute("SELECT count(*) FROM students").fetchone()[0] == before
-    assert not demo.step_generate(small, students=120)  # idempotent: nothing regenerated
+    assert not demo.step_generate(small, students=SMALL)  # idempotent: nothing regenerated
 
 
 def test_parameters_point_at_the_demo_folder(small):
@@ -40,18 +41,33 @@ def test_parameters_point_at_the_demo_folder(small):
 
 @pytest.mark.slow
 @pytest.mark.notebook
-def test_demo_runs_every_runbook_and_the_index_lists_them(small, tmp_path, monkeypatch, capsys):
-    core = tuple(s for s in demo.RUNS if not s.optional)  # sync_check/year_transition belong to their issues
-    monkeypatch.setattr(demo, "RUNS", core)
-    code = demo.main(["--out", str(small), "--outputs", str(tmp_path / "outputs"), "--students", "120"])
+def test_demo_runs_every_runbook_and_the_rollover_rehearsal(small, tmp_path, capsys):
+    """The whole chain at the generator's minimum scale: every run passes, the planted F8/F11 damage
+    is repaired (not hidden), the validation's checks all pass, the rehearsal leaves the target as is."""
+    code = demo.main(["--out", str(small), "--outputs", str(tmp_path / "outputs"), "--students", str(SMALL)])
     printed = capsys.readouterr().out
     assert code == 0, printed
     manifests = [m for _, m in evidence.read_manifests(tmp_path / "outputs")]
-    assert sorted(m["runbook"] for m in manifests) == ["audit", "csv_profile", "import", "import"]
-    assert all(m["status"] == "passed" for m in manifests)
+    assert sorted(m["runbook"] for m in manifests) == ["audit", "csv_profile", "import", "import", "sync_check",
+                                                        "year_transition", "year_transition"]
+    assert all(m["status"] == "passed" for m in manifests), [(m["runbook"], m["error"]) for m in manifests]
     applied = next(m for m in manifests if m.get("apply_status") == "applied")
     assert applied["verify"]["zero_changes"]
+    assert applied["f8_repair"]["applied"]["question_responses"]["delete"] == \
+        applied["repairs"]["f8_cross_year_duplicates"]["question_responses"] > 0
+    validate = next(m for m in manifests if m["runbook"] == "year_transition" and m["parameters"]["mode"] == "validate")
+    checks = {c["name"]: c for c in validate["checks"]}
+    for name in ("archived_counts_match_ledger", "dashboard_year_switching", "canonical_year_labels",
+                 "current_year_matches_last_sync", "archived_rows_marked_and_protected"):
+        assert checks[name]["passed"], checks[name]["detail"]
+    assert checks["canonical_year_labels"]["figures"]["noncanonical_rows"] == 0
+    with duckdb.connect(str(small / "production.duckdb"), read_only=True) as con:
+        cross = con.execute("SELECT count(*) FROM question_responses q JOIN students s ON s.id = q.student_id "
+                            "WHERE q.academic_year <> s.academic_year").fetchone()[0]
+        assert cross == 0  # F8 and F11 rows are gone from the target, not only from the report
+        assert con.execute("SELECT count(*) FROM academic_years WHERE academic_year = '2026/2027'").fetchone()[0] == 0
+    assert "byte-identical" in printed and "2026/2027" in printed
     index = (tmp_path / "outputs" / "index.html").read_text(encoding="utf-8")
-    assert index.count("passed") >= 4 and "import" in index and "audit" in index
+    assert index.count("passed") >= 7 and "year_transition" in index
     assert f"Evidence index: {tmp_path / 'outputs' / 'index.html'}" in printed
-    assert json.loads((small / demo.STAMP_FILE).read_text())["students"] == 120
+    assert json.loads((small / demo.STAMP_FILE).read_text())["students"] == SMALL

@@ -185,3 +185,45 @@ def test_sample_rows_keeps_all_rows_of_the_first_students(generated, tmp_path):
 def test_bad_parameters_are_refused_before_any_work(mode, approve, target):
     with pytest.raises(Exception, match="auto|mode"):
         importer.check_parameters(mode, approve, target)
+
+
+def _cross_rows(con) -> set:
+    return {r[0] for r in con.execute("SELECT q.id FROM question_responses q JOIN students s ON s.id = q.student_id "
+                                      "WHERE q.academic_year = '2024/2025' AND s.academic_year <> '2024/2025'")
+            .fetchall()}
+
+
+def test_f8_repair_deletes_exactly_the_duplicates_and_the_plan_counts_every_kept_row(generated, tmp_path):
+    """DOMAIN.md §2 F8: the planted cross-year answer copies are deleted by their own guarded run,
+    nothing else is deleted, and after the import year N holds exactly insert + update + unchanged rows."""
+    import duckdb
+
+    path = tmp_path / "f8.duckdb"
+    shutil.copyfile(generated / "production.duckdb", path)
+    target = importer.open_import(f"duckdb:{path}")
+    con = target.con
+    f8_ids = _cross_rows(con)
+    other_ids = {r[0] for r in con.execute("SELECT id FROM question_responses").fetchall()} - f8_ids
+    snap, _ = importer.preflight(generated / "snapshot", target)
+    rows = importer.import_rows(snap, YEAR, target, convert_q29_percentage=True, establishment_scope=None)
+    repairs = importer.repairs_for(rows, con, YEAR)
+    assert repairs.f8_rows == len(f8_ids) > 0
+    desired = importer.desired_for(rows, con, YEAR, None, repairs)
+    labels = importer.archive_labels(desired, True)
+    outcome = importer.apply_import(con, desired, rows, approve="auto", run_id="f8", target_kind="duckdb",
+                                    archive=labels, repairs=repairs)
+    assert outcome.status == "applied", outcome.reason
+    assert outcome.repair.applied["applied"]["question_responses"]["delete"] == len(f8_ids)
+    left = {r[0] for r in con.execute("SELECT id FROM question_responses").fetchall()}
+    assert not (left & f8_ids) and other_ids <= left  # only the duplicates went
+    assert not _cross_rows(con)
+    for label, cells in outcome.result.plan.counts()["students"].items():
+        live = con.execute("SELECT count(*) FROM students WHERE academic_year = ?", [label]).fetchone()[0]
+        assert live == cells["insert"] + cells["update"] + cells["unchanged"]
+        assert outcome.post_apply_counts[label]["students"] == live
+    kept = repairs.counts()["kept_not_in_snapshot"]
+    assert importer.reconcile(con, importer.desired_for(rows, con, YEAR))["target_only"].sum() == sum(kept.values())
+    assert importer.verify_frame(con, desired)[0].is_empty
+    target.close()
+    assert duckdb.connect(str(path), read_only=True).execute("SELECT count(*) FROM vespa_ops.ledger WHERE run_id = "
+                                                             "'f8-f8'").fetchone()[0] == 1

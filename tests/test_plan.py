@@ -12,6 +12,8 @@ import duckdb
 import psycopg
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from vespa_lib.errors import ValidationFailed
 from vespa_lib.plan import Desired, plan_changes
@@ -201,3 +203,101 @@ def test_planning_is_read_only(con):
     before = table_checksums(con, tables)
     plan_changes(con, desired(students(OLD, EST_A, 3)))
     assert table_checksums(con, tables) == before
+
+
+# --- no-op fast path (SPEC.md §9): it must plan exactly what the full classification plans --------
+
+
+def _both_ways(con, want: Desired, monkeypatch, **kw):
+    import vespa_lib.plan as planmod
+
+    fast = plan_changes(con, want, **kw)
+    monkeypatch.setattr(planmod, "FAST_NOOP", False)
+    slow = plan_changes(con, want, **kw)
+    monkeypatch.setattr(planmod, "FAST_NOOP", True)
+    return fast, slow
+
+
+def _changed_answer(rows):
+    want = desired(rows)
+    answers = want.tables["question_responses"].to_pylist()
+    answers[0]["response_value"] = 1
+    want.tables["question_responses"] = pa.Table.from_pylist(answers, schema=_ANSWER_SCHEMA)
+    return want
+
+
+@pytest.mark.parametrize(("case", "make", "fast_tables"), [
+    ("repeat", lambda r: desired(r), 3),
+    ("repeat plus an out-of-scope year", lambda r: desired(r + students(CUR, EST_A, 2, prefix="c")), 0),
+    ("one answer changed", _changed_answer, 2),
+    ("one student missing, deletes allowed", lambda r: desired(r[1:], allow_delete=True), 0),
+    ("one student added", lambda r: desired(r + students(OLD, EST_A, 1, prefix="n")), 0),
+    ("scores changed", lambda r: desired(r, score=4), 1),
+])
+def test_fast_path_plans_what_classification_plans(con, monkeypatch, case, make, fast_tables):
+    rows = students(OLD, EST_A, 3)
+    apply(con, desired(rows), "r1")
+    fast, slow = _both_ways(con, make(students(OLD, EST_A, 3)), monkeypatch)
+    assert fast.fingerprint == slow.fingerprint, case
+    assert (fast.counts(), fast.changed_columns, fast.samples, fast.refused_reasons) == \
+           (slow.counts(), slow.changed_columns, slow.samples, slow.refused_reasons)
+    assert 3 - len(fast.staged) == fast_tables  # tables decided by digest alone, never staged
+    assert set(slow.staged) == {"students", "vespa_scores", "question_responses"}
+
+
+def test_partial_fast_path_applies_the_changed_table_only(con):
+    apply(con, desired(students(OLD, EST_A, 3)), "r1")
+    want = _changed_answer(students(OLD, EST_A, 3))
+    result = apply(con, want, "r2")
+    assert result.applied["applied"] == {"students": {"insert": 0, "update": 0, "delete": 0},
+                                         "vespa_scores": {"insert": 0, "update": 0, "delete": 0},
+                                         "question_responses": {"insert": 0, "update": 1, "delete": 0}}
+    assert plan_changes(con, want).is_empty
+    backup = con.execute("SELECT count(*) FROM vespa_ops.backup_question_responses WHERE _run_id = 'r2'").fetchone()
+    assert backup[0] == 1
+
+
+def test_fast_path_sees_a_change_made_behind_its_back(con):
+    apply(con, desired(students(OLD, EST_A, 3)), "r1")
+    con.execute("UPDATE question_responses SET response_value = 2 WHERE question_id = 'q1' AND student_id = "
+                "(SELECT id FROM students WHERE email = 's0@aa.school.uk')")
+    plan = plan_changes(con, desired(students(OLD, EST_A, 3)))
+    assert plan.counts()["question_responses"][OLD]["update"] == 1 and not plan.is_empty
+
+
+_TEXT = st.one_of(st.none(), st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+                                     max_size=12), st.sampled_from(["~", "<null>", "a|b", "1:x", "é,\"'\n"]))
+_ROW = st.tuples(st.one_of(st.none(), st.integers(-2**31, 2**31 - 1)),
+                 st.one_of(st.none(), st.dates(date(1900, 1, 1), date(2999, 12, 31))), _TEXT, _TEXT)
+_COLS = [("a", "INTEGER"), ("b", "DATE"), ("c", "TEXT"), ("d", "TEXT")]
+
+
+def _engine_digest(con, dialect: str, rows: list[tuple]) -> tuple[list[str], tuple]:
+    """Per-row md5s and the (count, sums) of ``rows`` rendered by ``dialect`` (values parameterised)."""
+    from vespa_lib.plan import run
+    from vespa_lib.rowdigest import hash_expr, hash_sums
+
+    cast = ", ".join(f"CAST(? AS {t}) AS {c}" for c, t in _COLS)
+    values = " UNION ALL ".join(f"SELECT {cast}" for _ in rows) or f"SELECT {cast} WHERE false"
+    params = [v for r in rows for v in r] if rows else [None] * 4
+    h = hash_expr(dialect, [(c, t) for c, t in _COLS])
+    hashes = sorted(r[0] for r in run(con, f"SELECT {h} FROM ({values}) t", params))
+    sums = run(con, f"SELECT {hash_sums(dialect, 'h')} FROM (SELECT {h} AS h FROM ({values}) t) x", params)[0]
+    return hashes, (int(sums[0]), str(sums[1]), str(sums[2]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_ROW, max_size=6))
+def test_row_digest_is_identical_on_duckdb_and_postgres(pg_dsn, rows):
+    with psycopg.connect(pg_dsn, autocommit=True) as pg:
+        assert _engine_digest(duckdb.connect(), "duckdb", rows) == _engine_digest(pg, "postgres", rows)
+
+
+@pytest.mark.parametrize(("left", "right"), [
+    ((1, None, "a|b", "c"), (1, None, "a", "b|c")),   # a separator inside a value
+    ((1, None, None, "x"), (1, None, "~", "x")),       # NULL against the NULL marker
+    ((None, None, "", None), (None, None, None, "")),  # empty text against NULL
+])
+def test_row_digest_tells_apart_renderings_that_could_collide(left, right):
+    mem = duckdb.connect()
+    assert _engine_digest(mem, "duckdb", [left])[0] != _engine_digest(mem, "duckdb", [right])[0]

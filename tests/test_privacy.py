@@ -129,3 +129,26 @@ def test_scan_reports_file_and_kind_and_skips_binary(tmp_path):
     (tmp_path / "c.bin").write_bytes(b"\xff\xfezoe@example.org")
     findings = privacy.Scrubber([]).scan([tmp_path])
     assert [(f.path.endswith("b.csv"), f.kind, f.hint) for f in findings] == [(True, "email", "z***@example.org")]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("anna.smith@school.ac.uk", "a***@school.ac.uk"),
+        ("george.obrien136@glenwoodacademy", "g***@glenwoodacademy"),  # invalid, still personal data
+        ("  Bob@@school ", "B***@school"),
+        ('<a href="mailto:x.y@s.org">x.y@s.org</a>', '<a href="mailto:x***@s.org">x***@s.org</a>'),
+        ("not an email at all", "***"),
+        ("", ""),
+        (None, None),
+    ],
+)
+def test_mask_email_field_masks_invalid_addresses_too(value, expected):
+    assert privacy.mask_email_field(value) == expected
+
+
+def test_mask_frame_masks_an_invalid_email_in_an_email_column():
+    df = pd.DataFrame({"email": ["george.obrien136@glenwoodacademy", "a.b@school.uk"], "reason": ["invalid_email", "ok"]})
+    out = privacy.mask_frame(df)
+    assert "george.obrien136" not in out.to_csv() and "a.b@" not in out.to_csv()
+    assert list(out["reason"]) == ["invalid_email", "ok"]

@@ -323,3 +323,37 @@ def test_auto_approval_is_refused_for_a_postgres_target_kind(world, db):
 def test_bad_sources_are_refused(source, db):
     with pytest.raises(ParameterError, match="source"):
         sync.plan_sync(source, db, AS_OF)
+
+
+@pytest.mark.parametrize(("stored", "expected_labels", "relabelled", "dropped", "conflicts"), [
+    (["2025-26"], ["2025/2026"], 1, 0, 0),                       # a lone misspelling: relabelled
+    (["2025-26", "2025/2026"], ["2025/2026"], 0, 1, 0),          # identical canonical copy: misspelt one dropped
+    (["2025/2026"], ["2025/2026"], 0, 0, 0),                     # already canonical: untouched
+])
+def test_kept_rows_get_canonical_labels(stored, expected_labels, relabelled, dropped, conflicts):
+    import pyarrow as pa
+
+    from vespa_lib import sync_checks
+
+    t = pa.table({"email": ["a@x.uk"] * len(stored), "academic_year": stored, "cycle": ["1"] * len(stored),
+                  "question_id": ["q1"] * len(stored), "response_value": ["3"] * len(stored)})
+    counts: dict = {}
+    out = sync_checks._canonical_labels(t, "question_responses", counts)
+    assert sorted(out.column("academic_year").to_pylist()) == expected_labels
+    assert counts["question_responses"] == {"relabelled": relabelled, "identical_duplicates": dropped,
+                                            "conflicts": conflicts}
+
+
+def test_a_conflicting_misspelt_duplicate_is_kept_and_refuses_the_sync():
+    import pyarrow as pa
+
+    from vespa_lib import sync_checks
+
+    t = pa.table({"email": ["a@x.uk"] * 2, "academic_year": ["2025-26", "2025/2026"], "cycle": ["1", "1"],
+                  "question_id": ["q1", "q1"], "response_value": ["3", "4"]})
+    counts: dict = {}
+    out = sync_checks._canonical_labels(t, "question_responses", counts)
+    assert sorted(out.column("academic_year").to_pylist()) == ["2025-26", "2025/2026"]
+    proof = sync_checks.label_proof(counts)
+    assert proof["name"] == "f11_labels_canonical" and not proof["passed"]
+    assert sync_checks.label_proof({"students": {"relabelled": 2, "identical_duplicates": 0, "conflicts": 0}})["passed"]

@@ -5,8 +5,10 @@ or parameters changed, recorded in ``demo.json``) → reset the working database
 copy (``production.pristine.duckdb``, kept as generated, so every demo starts from the same damaged
 state) → summary (read-only) → the runbooks of ``RUNS`` in order, each through ``vespa-ops run`` with
 ``params/demo/<name>.yaml``: csv_profile, import (plan), import (apply, ``approve=auto``: DuckDB
-rehearsal target), audit, then sync_check and year_transition when their notebooks exist. One line
-per run (runbook, status, evidence folder), then where ``outputs/index.html`` is. Exit status 1 if
+rehearsal target), audit, sync_check, year_transition (validation), then the 2025/2026 → 2026/2027
+rollover rehearsal (year_transition ``mode=rollover``, ``as_of='2026-08-01'``, ``approve=auto``,
+``rehearsal_copy=true``: on a copy; the demo target must stay byte-identical, checked by SHA-256). One
+line per run (runbook, status, evidence folder), then where ``outputs/index.html`` is. Exit status 1 if
 any run failed. Writes only in ``--out`` and the evidence folder.
 """
 
@@ -123,6 +125,9 @@ RUNS: tuple[RunStep, ...] = (
     RunStep("audit"),
     RunStep("sync_check", optional=True),
     RunStep("year_transition", optional=True),
+    # The 1 August rehearsal (issue 6): close 2025/2026, open 2026/2027 on a copy of the DuckDB file.
+    RunStep("year_transition", {"mode": "rollover", "as_of": "2026-08-01", "approve": "auto",
+                                "rehearsal_copy": True}, optional=True),
 )
 
 
@@ -154,16 +159,66 @@ def step_run(step: RunStep, out: Path, outputs: Path, repo: Path = REPO) -> dict
     return {"runbook": step.runbook, "status": manifest["status"], "folder": str(folder), "error": manifest.get("error")}
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (the rehearsal must leave the demo target byte-identical). Read-only."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def year_state(path: Path) -> dict[str, dict]:
+    """Per academic year of ``academic_years``: archived/current flags and students/scores/answers rows."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        out = {}
+        for year, archived, current in con.execute("SELECT academic_year, is_archived, is_current FROM "
+                                                   "academic_years ORDER BY 1").fetchall():
+            rows = [con.execute(f"SELECT count(*) FROM {t} WHERE academic_year = ?", [year]).fetchone()[0]
+                    for t in ("students", "vespa_scores", "question_responses")]
+            out[year] = {"archived": bool(archived), "current": bool(current), "rows": rows}
+        return out
+    finally:
+        con.close()
+
+
+def rollover_report(out: Path, folder: str, before: dict, digest: str, print_: Callable[[str], None]) -> bool:
+    """Print the rehearsal's year states before (target) and after (the rehearsal copy); True when the
+    target file is byte-identical to before the rehearsal. Read-only."""
+    manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    copy = manifest.get("rehearsal_copy")  # the notebook records where it copied the target
+    after = year_state(Path(copy)) if copy and Path(copy).exists() else {}
+    print_("    rollover rehearsal (year: archived/current, students/scores/answers) before -> after:")
+    for year in sorted(set(before) | set(after)):
+        b, a = before.get(year), after.get(year)
+        show = (lambda s: "absent" if s is None else  # noqa: E731 - one formatting rule, used twice
+                f"{'archived' if s['archived'] else 'open'}{', current' if s['current'] else ''} "
+                f"{'/'.join(f'{n:,}' for n in s['rows'])}")
+        print_(f"      {year:<10} {show(b):<34} -> {show(a)}")
+    same = file_digest(out / "production.duckdb") == digest
+    print_(f"    demo target {'byte-identical' if same else 'CHANGED'} after the rehearsal (sha256 {digest[:12]}…)")
+    return same
+
+
 def run_all(out: Path, outputs: Path, print_: Callable[[str], None] = print) -> list[dict]:
-    """Every step of ``RUNS`` in order, one line each. Returns the results (skipped steps omitted)."""
+    """Every step of ``RUNS`` in order, one line each (the rollover rehearsal also prints its year
+    states before/after and whether the target stayed byte-identical). Returns the results."""
     results = []
     for step in RUNS:
+        rehearsal = step.overrides.get("rehearsal_copy") and step.overrides.get("mode") == "rollover"
+        if rehearsal:
+            before, digest = year_state(out / "production.duckdb"), file_digest(out / "production.duckdb")
         result = step_run(step, out, outputs)
         if result is None:
             print_(f"  {step.runbook:<16} skipped (notebook not available yet)")
             continue
         mode = f" ({step.overrides['mode']})" if "mode" in step.overrides else ""
         print_(f"  {step.runbook + mode:<16} {result['status'].upper():<7} {result['folder'] or result['error']}")
+        if rehearsal and result["folder"] and not rollover_report(out, result["folder"], before, digest, print_):
+            result = result | {"status": "failed", "error": "the rehearsal changed the demo target file"}
         results.append(result)
     return results
 

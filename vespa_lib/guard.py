@@ -279,8 +279,11 @@ def _refuse_duck_limits(con: Any, plan: Plan) -> None:
 
 def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[str, float]) -> dict:
     """Backups, then deletes (children first), inserts and updates (students first). Counts per table."""
-    present = [s for s in SPECS if s.name in plan.counts_by_table]
-    applied: dict[str, dict[str, int]] = {s.name: {} for s in present}
+    # tables the planner found unchanged by digest have no plan table: nothing to back up or write
+    present = [s for s in SPECS if s.name in plan.staged]
+    applied: dict[str, dict[str, int]] = {t: dict.fromkeys(("insert", "update", "delete"), 0)
+                                          for t in plan.counts_by_table if t not in plan.staged}
+    applied.update({s.name: {} for s in present})
     with timed(timings, "backup"):
         for spec in present:
             _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("update",)), [], "update")

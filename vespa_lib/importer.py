@@ -6,7 +6,9 @@ verify, reconcile. ``notebooks/import.ipynb`` calls these one step per cell.
     import_rows(...)                      the year's rows and quarantine (vespa_lib.rows; read-only)
     desired_for(rows, con, year, scope)   the guard's Desired: the year's labels, the F16 scope
     rehearse(...)                         a sample planned; on DuckDB applied to a throw-away copy
-    plan_import / apply_import            the guarded write (migrations first, then data)
+    find_repairs(con, rows, labels, ests) F8 cross-year duplicates and kept rows of the year (read-only)
+    repair_desired(desired, repairs)      the repair run's Desired: deletes exactly the F8 duplicates
+    plan_import / apply_import            the guarded write (migrations, then the F8 repair, then data)
     reconcile(con, desired)               source against target key by key (read-only)
 
 Only ``apply_import`` (and ``rehearse`` on its throw-away copy) writes, and only through
@@ -14,6 +16,27 @@ Only ``apply_import`` (and ``rehearse`` on its throw-away copy) writes, and only
 then the data plan is applied with statistics recomputed and the quarantine stored in
 ``vespa_ops.quarantine`` inside the same transaction. Refusals come back as an ``ImportOutcome``
 with the reason (nothing written), so the runbook records a failed check instead of crashing.
+
+**Repairs of planted damage** (docs/ARCHITECTURE.md). Before year N is imported and archived:
+
+* F8 cross-year duplicates: rows of ``vespa_scores``/``question_responses`` labelled N (or a
+  misspelling of N, F11) hanging off a student whose own ``academic_year`` is another year, *and*
+  whose identical copy (same cycle, question, values) exists under that student's own year, are
+  deleted by their own guarded run ``<run id>-f8`` (backed up, undoable, counted as
+  ``f8_cross_year_duplicates``). It runs first because production keys answers by
+  ``(email, academic_year, cycle, question_id)``: while such a row exists, a re-enrolled student's
+  imported answers would match it by key and update it instead of being inserted for the student
+  of year N. The repair's Desired is every other live row of those labels with ``allow_delete``, so
+  the only planned deletes are the duplicates; ``apply_import`` refuses if the plan deletes a
+  different number (two live rows sharing one natural key cannot be told apart by the guard).
+  Cross-year rows without an identical copy are not deleted: they are counted as
+  ``f8_cross_year_unresolved`` and left for a person.
+* Rows of N already in the database that the snapshot does not contradict (no row of the same key)
+  are kept as they are (``kept_not_in_snapshot``) and put into the data Desired unchanged, so the
+  plan (and the ledger row) counts every row year N holds after the apply:
+  ``live = insert + update + unchanged``, which ``transition_checks.archived_counts_match_ledger``
+  compares. The per-cycle counts right after the merge (inside the transaction) are recorded in the
+  run's manifest (``post_apply_counts``).
 """
 
 from __future__ import annotations
@@ -40,7 +63,8 @@ from vespa_lib.profile import Profile, profile_snapshot
 from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of
 from vespa_lib.snapshot import Snapshot, open_snapshot
 
-__all__ = ["RUNBOOK", "ImportOutcome", "Rehearsal", "actor", "applied_matches_plan", "archive_labels",
+__all__ = ["RUNBOOK", "ImportOutcome", "Rehearsal", "Repairs", "actor", "find_repairs", "repair_complete",
+           "repair_desired", "repairs_for", "applied_matches_plan", "archive_labels",
            "check_parameters", "reconciled", "verify_frame", "apply_import", "desired_for", "import_rows",
            "open_import", "plan_frame", "plan_import", "preflight", "quarantine_frame", "reconcile",
            "rehearse", "rule_frame", "sample_rows", "samples_frame", "totals", "write_quarantine"]
@@ -59,6 +83,8 @@ class ImportOutcome:
     result: guard.ApplyResult | None = None
     migrations: list[dict] = field(default_factory=list)
     plan: planmod.Plan | None = None  # the data plan current after this step
+    repair: guard.ApplyResult | None = None  # the F8 repair run, when one was applied
+    post_apply_counts: dict = field(default_factory=dict)  # per label: tables and cycles after the merge
 
 
 @dataclass
@@ -146,18 +172,182 @@ def _establishment_ids(con: Any, scope: list[str] | None) -> list[str] | None:
 
 
 def desired_for(rows: rowsmod.ImportRows, con: Any, academic_year: str,
-                establishment_scope: list[str] | None = None) -> planmod.Desired:
-    """The guard's desired rows: the three tables, the import's labels, the establishment scope."""
+                establishment_scope: list[str] | None = None, repairs: Repairs | None = None) -> planmod.Desired:
+    """The guard's desired rows: the three tables, the import's labels, the establishment scope; with
+    ``repairs``, plus the year's live rows the snapshot does not contradict (kept, planned unchanged)."""
+    from vespa_lib.sync_checks import concat  # noqa: PLC0415 - cast to the desired schema, NULL elsewhere
+
     tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
               "question_responses": rows.question_responses}
+    if repairs is not None:
+        tables = {t: concat(v, repairs.kept.get(t)) for t, v in tables.items()}
     return planmod.Desired(tables, years=_labels(rows, academic_year),
                            establishment_ids=_establishment_ids(con, establishment_scope))
+
+
+def repairs_for(rows: rowsmod.ImportRows, con: Any, academic_year: str,
+                establishment_scope: list[str] | None = None) -> Repairs:
+    """``find_repairs`` over the import's labels and establishment scope. Read-only."""
+    return find_repairs(con, rows, _labels(rows, academic_year), _establishment_ids(con, establishment_scope))
 
 
 def archive_labels(desired: planmod.Desired, archive: bool) -> list[str]:
     """Labels the run marks archived: every label of the import when ``archive``. A run scoped to some
     establishments archives nothing: marking a year archived touches every school's rows (F16)."""
     return list(desired.years) if archive and desired.establishment_ids is None else []
+
+
+# --- repairs of planted damage (module docstring) -------------------------------------------------
+
+CHILD_TABLES = ("vespa_scores", "question_responses")
+_SAME = {"vespa_scores": ("cycle", "vision", "effort", "systems", "practice", "attitude", "overall"),
+         "question_responses": ("cycle", "question_id", "response_value")}
+
+
+@dataclass
+class Repairs:
+    """What the import repairs or keeps in year N: per table, the F8 duplicates (natural keys), the
+    cross-year rows it leaves (no identical copy), the live rows it keeps, and the live rows of the
+    tables with duplicates (the repair's Desired). Arrow tables with the spec's key + compared columns."""
+
+    labels: list[str]
+    f8: dict[str, pa.Table]
+    unresolved: dict[str, int]
+    kept: dict[str, pa.Table]
+    survivors: dict[str, pa.Table]
+    establishment_ids: list[str] | None = None
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{measure: {table: rows}} for the plan and the evidence."""
+        return {"f8_cross_year_duplicates": {t: int(v.num_rows) for t, v in self.f8.items()},
+                "f8_cross_year_unresolved": dict(self.unresolved),
+                "kept_not_in_snapshot": {t: int(v.num_rows) for t, v in self.kept.items()}}
+
+    @property
+    def f8_rows(self) -> int:
+        return sum(int(v.num_rows) for v in self.f8.values())
+
+
+def _variants(con: Any, labels: list[str]) -> list[str]:
+    """``labels`` and stored misspellings of them (F11: ``2024-25`` is 2024/2025). Read-only."""
+    stored = {r[0] for t in TABLES for r in planmod.run(con, f"SELECT DISTINCT academic_year FROM {t}")}
+    wanted = {years.canonical(x) for x in labels}
+    out = set(labels)
+    for label in stored:
+        try:
+            if label and years.canonical(label) in wanted:
+                out.add(label)
+        except years.YearError:
+            continue
+    return sorted(out)
+
+
+def _live_rows(con: Any, spec: planmod.TableSpec, labels: list[str], ests: list[str] | None) -> pa.Table:
+    """Live rows of ``labels`` with natural keys, compared columns, and ``_f8`` / ``_cross`` flags."""
+    from vespa_lib.sync_checks import fetch_arrow  # noqa: PLC0415 - one Arrow reader for both dialects
+
+    cols = [c for c in (*spec.keys, *spec.compared) if c not in ("email", "academic_year")]
+    sel = ", ".join(f"CAST(t.{planmod.q(c)} AS TEXT) AS {planmod.q(c)}" if spec.types[c] == "UUID"
+                    else f"t.{planmod.q(c)}" for c in cols)
+    if not spec.via_student:
+        sql = (f"SELECT t.email, t.academic_year, {sel}, false AS _f8, false AS _cross, "
+               "CAST(t.establishment_id AS TEXT) AS _est FROM students t WHERE t.academic_year IN ")
+    else:
+        # DOMAIN.md §2 F8: the identical copy under the student's own year makes this row a duplicate
+        same = " AND ".join(f"c.{planmod.q(c)} = t.{planmod.q(c)}" for c in _SAME[spec.name])
+        sql = (f"SELECT s.email, t.academic_year, {sel}, (t.academic_year <> s.academic_year AND EXISTS "
+               f"(SELECT 1 FROM {spec.name} c WHERE c.student_id = t.student_id AND c.academic_year = "
+               f"s.academic_year AND {same})) AS _f8, t.academic_year <> s.academic_year AS _cross, "
+               f"CAST(s.establishment_id AS TEXT) AS _est FROM {spec.name} t JOIN students s ON s.id = t.student_id "
+               "WHERE t.academic_year IN ")
+    sql += planmod.in_list(labels)
+    params = list(labels)
+    if ests is not None:
+        sql += f" AND CAST({'t' if not spec.via_student else 's'}.establishment_id AS TEXT) IN " + planmod.in_list(
+            ests or [""])
+        params += list(ests or [""])
+    table = fetch_arrow(con, sql, params)
+    if table.num_rows == 0 and not table.column_names:
+        return pa.table({c: pa.array([], pa.string()) for c in ["email", "academic_year", *cols, "_f8", "_cross"]})
+    return table.set_column(table.column_names.index("_f8"), "_f8", _as_bool(table.column("_f8"))).set_column(
+        table.column_names.index("_cross"), "_cross", _as_bool(table.column("_cross")))
+
+
+def _as_bool(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """PostgreSQL's COPY gives booleans as ``t``/``f`` text."""
+    if pa.types.is_boolean(col.type):
+        return col
+    return pc.is_in(col, value_set=pa.array(["t", "true", "True"]))
+
+
+def _typed(live: pa.Table, like: pa.Table, keys: tuple[str, ...], compared: tuple[str, ...]) -> pa.Table:
+    """``live`` restricted to the spec's columns, cast to the desired table's types where it has them."""
+    out = {}
+    for name in (*keys, *compared):
+        if name not in live.column_names:
+            continue
+        col = live.column(name)
+        if name in like.column_names and col.type != like.schema.field(name).type:
+            col = col.cast(like.schema.field(name).type)
+        out[name] = col
+    return pa.table(out)
+
+
+def _dedupe(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """One row per natural key (two live rows of one key both match it in the plan)."""
+    if table.num_rows == 0:
+        return table
+    frame = table.to_pandas(types_mapper=pd.ArrowDtype).drop_duplicates(list(keys))
+    return pa.Table.from_pandas(frame, preserve_index=False, schema=table.schema)
+
+
+def find_repairs(con: Any, rows: rowsmod.ImportRows, labels: list[str],
+                 establishment_ids: list[str] | None = None) -> Repairs:
+    """The F8 duplicates to delete and the live rows to keep in ``labels`` (module docstring). Read-only."""
+    scope = _variants(con, labels)
+    desired = {"students": rows.students, "vespa_scores": rows.vespa_scores,
+               "question_responses": rows.question_responses}
+    f8, unresolved, kept, survivors = {}, {}, {}, {}
+    for spec in planmod.SPECS:
+        live = _live_rows(con, spec, scope, establishment_ids)
+        like = desired[spec.name]
+        dup = pc.fill_null(live.column("_f8"), False)
+        cross = pc.and_(pc.fill_null(live.column("_cross"), False), pc.invert(dup))
+        unresolved[spec.name] = int(pc.sum(pc.cast(cross, pa.int64())).as_py() or 0) if live.num_rows else 0
+        rest = _typed(live.filter(pc.invert(dup)), like, spec.keys, spec.compared)
+        survivors[spec.name] = _dedupe(rest, spec.keys)  # students too: the plan resolves children through them
+        if spec.via_student:
+            f8[spec.name] = _typed(live.filter(dup), like, spec.keys, ())
+        own = rest.filter(pc.is_in(rest.column("academic_year"), value_set=pa.array(labels, pa.string())))
+        snapshot_keys = like.select(list(spec.keys))
+        kept[spec.name] = _dedupe(own.join(snapshot_keys, list(spec.keys), join_type="left anti"), spec.keys) \
+            if own.num_rows else own
+    wanted = [t for t in CHILD_TABLES if f8[t].num_rows]
+    return Repairs(list(labels), f8, unresolved, kept,
+                   {t: survivors[t] for t in ("students", *wanted)} if wanted else {}, establishment_ids)
+
+
+def repair_desired(repairs: Repairs) -> planmod.Desired | None:
+    """The F8 repair run's Desired: every other live row of the tables with duplicates, deletions
+    allowed in the year's labels (and their misspellings), so the duplicates are the only deletes."""
+    if not repairs.survivors:
+        return None
+    scope = sorted({*repairs.labels, *(y for t in repairs.f8.values() for y in t.column("academic_year").to_pylist())})
+    return planmod.Desired(dict(repairs.survivors), years=scope, establishment_ids=repairs.establishment_ids,
+                           allow_delete=True)
+
+
+def repair_complete(plan: planmod.Plan, repairs: Repairs) -> tuple[bool, str]:
+    """The repair plan deletes exactly the F8 duplicates, touches nothing else and refuses nothing."""
+    totals_ = totals(plan.counts())
+    want = {t: int(repairs.f8[t].num_rows) if t in repairs.f8 else 0 for t in repairs.survivors}
+    got = {t: totals_.get(t, {}).get("delete", 0) for t in want}
+    other = sum(c.get(op, 0) for c in totals_.values() for op in ("insert", "update", "refused"))
+    ok = got == want and other == 0
+    return ok, (f"the repair deletes {got} (F8 duplicates {want}) and changes nothing else" if ok else
+                f"the repair plan deletes {got} against {want} F8 duplicates with {other} other change(s): two live "
+                "rows share a natural key, so the guard cannot delete only the duplicate. Nothing was written; "
+                "delete the rows listed in the evidence by hand through a reviewed run.")
 
 
 def sample_rows(rows: rowsmod.ImportRows, students: int) -> rowsmod.ImportRows:
@@ -172,9 +362,18 @@ def sample_rows(rows: rowsmod.ImportRows, students: int) -> rowsmod.ImportRows:
                               pick(rows.question_responses), rows.quarantine.slice(0, 0), dict(rows.rule_counts))
 
 
-def plan_import(con: Any, desired: planmod.Desired, archive: list[str]) -> planmod.Plan:
-    """The plan (SPEC.md §7.1), or the pending migrations while any are pending. Read-only."""
-    return planmod.plan_changes(con, desired, archive_years=archive)
+def plan_import(con: Any, desired: planmod.Desired, archive: list[str],
+                repairs: Repairs | None = None) -> planmod.Plan:
+    """The plan (SPEC.md §7.1): the pending migrations while any are pending, then the F8 repair
+    (``kind = "repair"``) while duplicates remain, then the data. Read-only."""
+    plan = planmod.plan_changes(con, desired, archive_years=archive)
+    fix = repair_desired(repairs) if repairs is not None and not plan.migrations else None
+    if fix is not None:
+        repair = planmod.plan_changes(con, fix)
+        if not repair.is_empty:
+            repair.kind = "repair"
+            return repair
+    return plan
 
 
 def plan_frame(plan: planmod.Plan) -> pd.DataFrame:
@@ -234,12 +433,17 @@ def write_quarantine(con: Any, quarantine: pa.Table, run_id: str) -> int:
     return data.num_rows
 
 
-def _hook(quarantine: pa.Table, run_id: str) -> Callable:
-    """Inside the guard's transaction: statistics of the touched benchmark years, then the quarantine."""
+def _hook(quarantine: pa.Table, run_id: str, post: dict | None = None) -> Callable:
+    """Inside the guard's transaction: statistics of the touched benchmark years, then the quarantine,
+    then (into ``post``) each label's rows per table and per score cycle right after the merge."""
+    from vespa_lib.transition_ledger import live_counts  # noqa: PLC0415 - one definition of "year counts"
+
     def hook(con: Any, dialect: str, labels: list[str], establishment_ids: list[str] | None) -> None:
         benchmark = sorted({years.benchmark_year(y) if years.is_calendar_label(y) else y for y in labels})
         stats.recompute_statistics(con, benchmark, establishment_ids)
         write_quarantine(con, quarantine, run_id)
+        if post is not None:
+            post.update({label: live_counts(con, label) for label in labels})
     return hook
 
 
@@ -252,8 +456,10 @@ def _guarded(call: Callable[[], guard.ApplyResult]) -> tuple[guard.ApplyResult |
 
 def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *, approve: str, run_id: str,
                  target_kind: str, archive: list[str], parameters: dict | None = None,
-                 backup_dir: Path | str | None = None, planned: planmod.Plan | None = None) -> ImportOutcome:
-    """Migrations first (own guarded run), then the data plan, both approved (SPEC.md §7.2-7.3). Writes.
+                 backup_dir: Path | str | None = None, planned: planmod.Plan | None = None,
+                 repairs: Repairs | None = None) -> ImportOutcome:
+    """Migrations first (own guarded run), then the F8 repair (own guarded run ``<id>-f8``, when
+    ``repairs`` finds duplicates), then the data plan, each approved (SPEC.md §7.2-7.3). Writes.
 
     ``approve`` is the fingerprint of the plan the operator reviewed, or ``auto`` (DuckDB only). A
     fingerprint that approved pending migrations does not approve the data plan computed after them:
@@ -261,7 +467,7 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
     computed (saves planning twice; the guard re-plans inside its transaction regardless)."""
     common = {"runbook": RUNBOOK, "actor": actor(), "parameters": parameters, "target_kind": target_kind}
     migrations: list[dict] = []
-    current = planned if planned is not None and not planned.is_empty else plan_import(con, desired, archive)
+    current = planned if planned is not None and not planned.is_empty else plan_import(con, desired, archive, repairs)
     if current.migrations:
         result, reason = _guarded(lambda: guard.apply_plan(con, desired, approve=approve, run_id=f"{run_id}-m",
                                                            recompute=False, archive_years=archive, **common))
@@ -270,21 +476,48 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
         migrations = result.migrations
         if approve != "auto":
             return ImportOutcome("migrated", "migrations applied; review the data plan and approve its fingerprint",
-                                 migrations=migrations, plan=plan_import(con, desired, archive))
-        current = plan_import(con, desired, archive)
+                                 migrations=migrations, plan=plan_import(con, desired, archive, repairs))
+        current = plan_import(con, desired, archive, repairs)
+    repaired = None
+    if current.kind == "repair":
+        repaired, early = _apply_repair(con, current, repairs, approve=approve, run_id=run_id, common=common)
+        if early is not None:
+            early.migrations = migrations
+            if early.status == "repaired":
+                early.plan = plan_import(con, desired, archive, repairs)
+            return early
+        current = plan_import(con, desired, archive, repairs)
     if current.is_empty:  # SPEC.md §9: a repeated apply changes nothing (and leaves no ledger row)
         if approve not in ("auto", current.fingerprint):
             return ImportOutcome("refused", f"GuardRefused: approval {approve[:12]}… does not name the current plan "
                                  f"{current.fingerprint[:12]}…: nothing was written. Re-plan, review, approve again.")
         return ImportOutcome("nothing", "the target already holds every planned row", migrations=migrations,
-                             plan=current)
+                             plan=current, repair=repaired)
+    post: dict = {}
     result, reason = _guarded(lambda: guard.apply_plan(
-        con, desired, approve=approve, run_id=run_id, recompute=_hook(rows.quarantine, run_id),
-        archive_years=archive, backup_dir=backup_dir, **common))
+        con, desired, approve=approve, run_id=run_id,
+        recompute=_hook(rows.quarantine, run_id, post), archive_years=archive, backup_dir=backup_dir, **common))
     if result is None:
-        return ImportOutcome("refused", reason, migrations=migrations)
+        return ImportOutcome("refused", reason, migrations=migrations, repair=repaired)
     return ImportOutcome("applied" if result.applied else "nothing", result=result, migrations=migrations,
-                         plan=result.plan)
+                         plan=result.plan, repair=repaired, post_apply_counts=post)
+
+
+def _apply_repair(con: Any, plan: planmod.Plan, repairs: Repairs, *, approve: str, run_id: str,
+                  common: dict) -> tuple[guard.ApplyResult | None, ImportOutcome | None]:
+    """The F8 repair as its own guarded run ``<run id>-f8`` (module docstring). Writes. Returns the run
+    and, unless the data run follows in the same call (``auto``), the outcome to return."""
+    ok, why = repair_complete(plan, repairs)
+    if not ok:
+        return None, ImportOutcome("refused", f"GuardRefused: {why}")
+    result, reason = _guarded(lambda: guard.apply_plan(con, repair_desired(repairs), approve=approve,
+                                                       run_id=f"{run_id}-f8", **common))
+    if result is None:
+        return None, ImportOutcome("refused", reason)
+    if approve != "auto":
+        return result, ImportOutcome("repaired", f"F8 repair applied ({why}); review the data plan and approve its "
+                                     "fingerprint", repair=result)
+    return result, None
 
 
 def applied_matches_plan(outcome: ImportOutcome) -> bool:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # imported lazily: the CLI scrubs and scans without needing p
     import pandas as pd
 
 # Local part must not follow "/" or ":" so DSNs like postgresql://user@db.host.org are not emails.
+MAILTO_RE = re.compile(r"(?i)(mailto:)(?=[^\s])")
 EMAIL_RE = re.compile(r"(?<![\w.%+/:-])([A-Za-z0-9._%+-]{1,64})@([A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24})")
 # scheme://user:password@host, the password being anything but our own mask.
 # Patterns start only at a token boundary and bound their repeats: scanning runs over base64 images,
@@ -54,7 +55,28 @@ def mask_email(value: object) -> object:
     """``anna.smith@school.ac.uk`` → ``a***@school.ac.uk``; non-emails are returned unchanged."""
     if not isinstance(value, str):
         return value
-    return EMAIL_RE.sub(lambda m: f"{m.group(1)[0]}***@{m.group(2)}", value)
+    # DOMAIN.md §3: Knack emails arrive as HTML anchors; the lookbehind of EMAIL_RE (which keeps URL
+    # credentials out) would otherwise skip the address right after "mailto:".
+    value = MAILTO_RE.sub(lambda m: m.group(1) + " ", value)
+    value = EMAIL_RE.sub(lambda m: f"{m.group(1)[0]}***@{m.group(2)}", value)
+    return value.replace("mailto: ", "mailto:")
+
+
+def mask_email_field(value: object) -> object:
+    """Mask a value from an email column, valid or NOT: an invalid address (``x@school``, a stray
+    anchor) is still personal data. Valid emails as ``mask_email``; anything else with an ``@`` keeps
+    only its first character and what follows the last ``@``; other non-blank text becomes ``***``."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    masked = mask_email(value)
+    if masked != value and "@" in masked:
+        return masked
+    text = value.strip()
+    if "@" in text:
+        local, _, domain = text.rpartition("@")
+        domain = domain.strip("<>\"' ")
+        return f"{local[:1] or '?'}***@{domain}"
+    return "***"
 
 
 def mask_name(value: object) -> object:
@@ -90,7 +112,7 @@ def mask_frame(df: pd.DataFrame) -> pd.DataFrame:
         if not _is_text_column(out[col]):
             continue
         if "email" in label:
-            out[col] = out[col].map(mask_email)
+            out[col] = out[col].map(mask_email_field)
         elif "name" in label:
             out[col] = out[col].map(mask_name)
         else:

@@ -8,7 +8,8 @@ production is keyed. Its scope is the current UK year ``N`` (from ``as_of``; the
 the clock), the calendar year counted in ``N`` (``Y/Y``, DOMAIN.md §4) and any non-canonical spelling
 of those two labels stored in the database (F11: relabelled by delete + insert); deletions are only
 of rows of those labels, only within ``establishment_scope``, and never of a student whose record
-the source still has but cannot sync (set aside: kept as it is). The proofs and the drift report
+the source still has but cannot sync (set aside: kept, but relabelled canonically, so no misspelt
+label of the year survives a sync; ``f11_labels_canonical`` proves it). The proofs and the drift report
 are in :mod:`vespa_lib.sync_checks`.
 
 ``apply_sync`` applies through :func:`vespa_lib.guard.apply_plan` (one transaction, lock, backup,
@@ -156,6 +157,7 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
               "question_responses": rows.question_responses}
     kept = sync_checks.kept_as_is(src, rows, con, labels, est_ids)  # set aside, still in Knack: never deleted
     anchored = kept.pop("_anchored")
+    relabels = kept.pop("_relabels")
     tables = {t: sync_checks.concat(tables[t], kept[t]) for t in TABLES}
     desired = planmod.Desired(tables, years=labels, establishment_ids=est_ids, allow_delete=True)
     plan = planmod.plan_changes(con, desired)
@@ -163,6 +165,7 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     drift = sync_checks.drift(con, desired, labels, anchored)
     checks = sync_checks.proofs(con, src, rows, desired, plan, drift, labels=labels, archived=archived,
                                 est_ids=est_ids, anchored=anchored)
+    checks.append(sync_checks.label_proof(relabels))
     unsyncable = sync_checks.unsyncable(rows)
     return SyncPlan(year, as_of, labels, plan, desired, rows, checks, drift, unsyncable, src.summary(), archived,
                     establishment_scope)

@@ -30,7 +30,7 @@ from .rows_sql import ELEMENTS
 from .schema import dialect_of
 from .years import uk_year_sql
 
-__all__ = ["Drift", "concat", "drift", "fetch_arrow", "kept_as_is", "proofs", "unsyncable"]
+__all__ = ["Drift", "concat", "drift", "fetch_arrow", "kept_as_is", "label_proof", "proofs", "unsyncable"]
 
 KEYS = {"students": ("email", "cy"), "vespa_scores": ("email", "cy", "cycle"),
         "question_responses": ("email", "cy", "cycle", "question_id")}
@@ -123,7 +123,9 @@ def kept_as_is(src: Any, rows: Any, con: Any, labels: list[str], est_ids: list[s
     * every row of a student the source still has but sets aside (a record that cannot be synced is
       not a deletion in Knack);
     * the student row (only) of a student the source no longer has who owns rows of another year:
-      deleting it would delete history with it (F2/F8), so it stays and the drift shows it."""
+      deleting it would delete history with it (F2/F8), so it stays and the drift shows it.
+
+    Kept rows are relabelled canonically (``_canonical_labels``; counts under ``_relabels``)."""
     q = rows.quarantine.filter(pa.compute.equal(rows.quarantine["object"], "object_10"))
     built = set(rows.students.column("email").to_pylist())
     emails = {d.value for raw in q.column("email").to_pylist() if (d := knack.decode_email(raw or "")).ok} - built
@@ -132,6 +134,8 @@ def kept_as_is(src: Any, rows: Any, con: Any, labels: list[str], est_ids: list[s
     anchored = {k for k in _anchored(con, labels) if k not in built_keys and k[0] not in emails}
     out: dict[str, Any] = dict.fromkeys(KEYS)
     out["_anchored"] = sorted(anchored)
+    relabels: dict[str, dict[str, int]] = {}
+    out["_relabels"] = relabels
     for table in KEYS:
         wanted = sorted(emails | {e for e, _ in anchored}) if table == "students" else sorted(emails)
         if not wanted:
@@ -143,9 +147,59 @@ def kept_as_is(src: Any, rows: Any, con: Any, labels: list[str], est_ids: list[s
             t = t.filter(pa.array(keep, pa.bool_()))
         if est_ids is not None:
             t = t.filter(pa.compute.is_in(t["establishment_id"], pa.array(est_ids, pa.string())))
+        t = _canonical_labels(t, table, relabels)
         out[table] = t.drop_columns([c for c in ("est", "establishment_id") if c in t.column_names
                                      and not (table == "students" and c == "establishment_id")])
     return out
+
+
+def _canonical_labels(t: pa.Table, table: str, relabels: dict) -> pa.Table:
+    """Kept rows relabelled canonically (F11: ``2025-26`` → ``2025/2026``), so the plan relabels them by
+    delete + insert. A relabel that meets a kept canonical row of the same key drops the misspelt copy
+    when every value is equal (the delete removes it); otherwise both stay as they are and the
+    conflict is counted (the ``f11_labels_canonical`` proof then refuses the sync)."""
+    counts = relabels.setdefault(table, {"relabelled": 0, "identical_duplicates": 0, "conflicts": 0})
+    if t.num_rows == 0:
+        return t
+    frame = t.to_pandas(types_mapper=pd.ArrowDtype)
+    label = frame["academic_year"].astype(object)
+    fixed = label.map(lambda y: _canonical_or_same(y))
+    moved = fixed != label
+    if not moved.any():
+        return t
+    keys = ["email", "academic_year", *KEYS[table][2:]]
+    values = [c for c in frame.columns if c not in keys]
+    frame = frame.assign(academic_year=fixed.astype(str), _moved=moved)
+    clash = frame.duplicated(keys, keep=False)
+    same = frame.duplicated([*keys, *values], keep=False)
+    drop = moved & clash & same
+    conflict = moved & clash & ~same
+    frame.loc[conflict, "academic_year"] = label[conflict].astype(str)  # refused: kept under its old label
+    counts["relabelled"] += int((moved & ~clash).sum())
+    counts["identical_duplicates"] += int(drop.sum())
+    counts["conflicts"] += int(conflict.sum())
+    frame = frame[~drop].drop(columns="_moved")
+    return pa.Table.from_pandas(frame, preserve_index=False).cast(t.schema)
+
+
+def _canonical_or_same(label: Any) -> Any:
+    try:
+        return years.canonical(label) if isinstance(label, str) else label
+    except years.YearError:
+        return label
+
+
+def label_proof(relabels: dict) -> dict:
+    """``f11_labels_canonical``: every kept (set-aside) row of the sync's labels is relabelled
+    canonically or dropped as an identical duplicate; a conflicting duplicate refuses the sync."""
+    conflicts = sum(c["conflicts"] for c in relabels.values())
+    figures = {t: dict(c) for t, c in relabels.items()}
+    detail = ("every kept row carries a canonical label after the sync "
+              f"({sum(c['relabelled'] for c in relabels.values())} relabelled, "
+              f"{sum(c['identical_duplicates'] for c in relabels.values())} identical duplicates deleted)"
+              if not conflicts else f"{conflicts} misspelt row(s) differ from the canonical row of the same key: "
+              "nothing is relabelled for them; decide which is right, then sync again")
+    return _check("f11_labels_canonical", not conflicts, figures, detail)
 
 
 # --- drift ---------------------------------------------------------------------------------------
