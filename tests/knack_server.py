@@ -134,6 +134,8 @@ def _matches(rec: dict, rule: dict, slack: int) -> bool:
         if rule["operator"] == "is after":
             return day > bound - timedelta(days=slack)  # exclusive (F12)
         return day < bound + timedelta(days=slack)
+    if rule["operator"] == "is blank":
+        return not (isinstance(raw, dict) and raw.get("date_formatted")) and not rec.get(rule["field"])
     if rule["operator"] == "is":
         return str(rec.get(rule["field"])) == str(rule["value"])
     raise ValueError(f"operator {rule['operator']!r} not supported by the fake")

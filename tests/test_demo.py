@@ -48,9 +48,17 @@ def test_demo_runs_every_runbook_and_the_rollover_rehearsal(small, tmp_path, cap
     printed = capsys.readouterr().out
     assert code == 0, printed
     manifests = [m for _, m in evidence.read_manifests(tmp_path / "outputs")]
-    assert sorted(m["runbook"] for m in manifests) == ["audit", "csv_profile", "import", "import", "sync_check",
-                                                        "year_transition", "year_transition"]
+    assert sorted(m["runbook"] for m in manifests) == ["audit", "audit", "csv_profile", "import", "import",
+                                                        "sync_check", "year_transition", "year_transition"]
     assert all(m["status"] == "passed" for m in manifests), [(m["runbook"], m["error"]) for m in manifests]
+    # the first audit observes the planted damage before anything is written; the second, after the
+    # import, sees the F2 key replaced and every year with scores on the dashboard's year list (F9)
+    first, second = sorted((m for m in manifests if m["runbook"] == "audit"), key=lambda m: m["started_at"])
+    before = {c["name"]: c["figures"]["count"] for c in first["checks"] if "count" in (c.get("figures") or {})}
+    after = {c["name"]: c["figures"]["count"] for c in second["checks"] if "count" in (c.get("figures") or {})}
+    for planted in ("single_year_keys", "f10_cycle_copies", "f8_answer_year_mismatch", "noncanonical_year_labels"):
+        assert before[planted] > 0, planted
+    assert after["single_year_keys"] == 0 and after["f9_years_missing_from_dashboard"] == 0
     applied = next(m for m in manifests if m.get("apply_status") == "applied")
     assert applied["verify"]["zero_changes"]
     assert applied["f8_repair"]["applied"]["question_responses"]["delete"] == \
@@ -68,6 +76,6 @@ def test_demo_runs_every_runbook_and_the_rollover_rehearsal(small, tmp_path, cap
         assert con.execute("SELECT count(*) FROM academic_years WHERE academic_year = '2026/2027'").fetchone()[0] == 0
     assert "byte-identical" in printed and "2026/2027" in printed
     index = (tmp_path / "outputs" / "index.html").read_text(encoding="utf-8")
-    assert index.count("passed") >= 7 and "year_transition" in index
+    assert index.count("passed") >= 8 and "year_transition" in index
     assert f"Evidence index: {tmp_path / 'outputs' / 'index.html'}" in printed
     assert json.loads((small / demo.STAMP_FILE).read_text())["students"] == SMALL

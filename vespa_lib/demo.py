@@ -119,6 +119,9 @@ class RunStep:
 # The hooks for later runbooks: sync_check and year_transition run after the audit once their
 # notebooks (and params/demo/<name>.yaml) exist.
 RUNS: tuple[RunStep, ...] = (
+    # The audit first: it reports the planted damage (F2, F8, F9, F10, F11, F15) and leaves the restore
+    # point before anything is written; the second audit, after the import, shows the change.
+    RunStep("audit"),
     RunStep("csv_profile"),
     RunStep("import", {"mode": "plan"}),
     RunStep("import", {"mode": "apply", "approve": "auto"}),

@@ -71,6 +71,16 @@ def open_source(source: str, year: str, *, knack_base_url: str | None = None, kn
                          "'knack:APP_ID_VAR,API_KEY_VAR' (names of environment variables, never the values).")
 
 
+def _read_dated(client: Any, obj: str, field: str, start: Any, end: Any) -> tuple[list[dict], int]:
+    """The year's records (window widened for F12, then filtered exactly) PLUS the records whose date
+    is blank. Knack's date filters never match a blank date, yet a blank-date record must reach the
+    rule chain to be set aside as ``no_date``; unseen, its student's rows would look deleted."""
+    dated = list(client.records_between(obj, field, start, end))
+    outside = int(client.last_read.get("outside_window", 0))
+    blank = {"match": "and", "rules": [{"field": field, "operator": "is blank"}]}
+    return dated + list(client.records(obj, filters=blank)), outside
+
+
 def _open_knack(spec: str, year: str, app_var: str, key_var: str, base_url: str | None, transport: Any,
                 sleep: Any) -> SyncSource:
     kw: dict[str, Any] = {"transport": transport}
@@ -83,13 +93,13 @@ def _open_knack(spec: str, year: str, app_var: str, key_var: str, base_url: str 
     con.execute("SET enable_progress_bar = false")
     records, outside = {}, {}
     with knack_api.KnackClient(app_var, key_var, **kw) as client:
-        reads = {"object_6": lambda: client.records("object_6")}
+        reads = {"object_6": lambda: (list(client.records("object_6")), 0)}
         for obj, fld in KNACK_DATE_FIELDS.items():
-            reads[obj] = lambda obj=obj, fld=fld: client.records_between(obj, fld, start, end)
+            reads[obj] = lambda obj=obj, fld=fld: _read_dated(client, obj, fld, start, end)
         for obj, read in reads.items():
-            table = knack_api.to_arrow(read(), obj)
+            rows, outside[obj] = read()
+            table = knack_api.to_arrow(rows, obj)
             records[obj] = table.num_rows
-            outside[obj] = int(client.last_read.get("outside_window", 0)) if obj in KNACK_DATE_FIELDS else 0
             con.register(f"_knack_{obj}", table)
             con.execute(f"CREATE TEMP TABLE {snapshot.TABLES[obj]} AS SELECT * FROM _knack_{obj}")
             con.unregister(f"_knack_{obj}")
