@@ -85,7 +85,15 @@ def test_postgres_plan_then_apply_with_the_reviewed_fingerprint(generated, tmp_p
     common = {"snapshot_dir": str(generated / "snapshot"), "target": "postgres:VESPA_TEST_IMPORT_DSN",
               "backup_dir": str(tmp_path / "bk"), "sample_students": 10}
     code, plan = run_import(tmp_path / "out", capsys, **common)
-    assert code == 0 and plan["counts"]["students"]["2024/2025"]["insert"] > 0
+    assert code == 0
+    if any(plan["repairs"]["f8_cross_year_duplicates"].values()):
+        # the damaged database holds F8 cross-year duplicates: their repair is planned first and
+        # approved on its own; its apply run shows the data plan to approve next (docs/ARCHITECTURE.md)
+        code, repaired = run_import(tmp_path / "out", capsys, **common, mode="apply", approve=plan["plan_fingerprint"])
+        assert code == 0 and repaired["apply_status"] == "repaired", repaired.get("error")
+        assert repaired["plan_fingerprint"] != plan["plan_fingerprint"]
+        plan = repaired
+    assert plan["counts"]["students"]["2024/2025"]["insert"] > 0
     code, applied = run_import(tmp_path / "out", capsys, **common, mode="apply", approve=plan["plan_fingerprint"])
     assert code == 0, applied.get("error") or applied["checks"]
     assert applied["plan_fingerprint"] == plan["plan_fingerprint"] and applied["verify"]["zero_changes"]
