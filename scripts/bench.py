@@ -3,8 +3,9 @@
 Generates the realistic-scale snapshot once into ``data/bench/realistic`` (reused when present), then in
 ONE run on a throw-away PostgreSQL (``vespa_lib.localpg``) measures: csv_profile (open + profile);
 building the rows; migrations (applied first, reported separately); the import plan; its apply; a
-repeated apply that finds nothing to do; a bare ``COPY`` of the same output rows into unindexed
-tables; and the original approach, per-batch ``INSERT ... VALUES ... ON CONFLICT DO UPDATE`` of
+repeated plan and apply that find nothing to do; a bare ``COPY`` of the same output rows into
+unindexed tables (the SPEC ratio's floor) and into an indexed copy with the production keys and
+foreign keys (a fairer floor, reported beside the ratio, never replacing it); and the original approach, per-batch ``INSERT ... VALUES ... ON CONFLICT DO UPDATE`` of
 100/200/500 rows over psycopg like the old sync, timed on a bounded subset of the answers (the first
 ``--upsert-rows``) and extrapolated linearly to all rows (the output says so). Prints a table with the
 §9 ratios and writes ``data/bench/results-<timestamp>.json``. Writes only under ``data/bench`` and
@@ -100,6 +101,45 @@ def bare_copy(dsn: str, tables: dict[str, pa.Table]) -> float:
         return time.perf_counter() - start
 
 
+def _with_ids(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
+    """Students given ids (UUIDs like the production key) and scores/answers their student_id (done before
+    the clock starts)."""
+    students = tables["students"]
+    students = students.append_column("id", pa.array([f"00000000-0000-4000-8000-{i:012d}"
+                                                      for i in range(students.num_rows)], pa.string()))
+    ids = students.select(["email", "academic_year", "id"]).rename_columns(["email", "academic_year", "student_id"])
+    out = {"students": students}
+    for name in ("vespa_scores", "question_responses"):
+        out[name] = tables[name].join(ids, ["email", "academic_year"], join_type="inner")
+    return out
+
+
+_FK_SQL = ("SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid "
+           "JOIN pg_namespace n ON n.oid = r.relnamespace WHERE n.nspname = 'public' AND r.relname = %s "
+           "AND c.contype = 'f'")
+
+
+def indexed_copy(dsn: str, tables: dict[str, pa.Table]) -> float:
+    """COPY the output rows into copies of the production tables WITH their keys, unique indexes and
+    foreign keys (``LIKE ... INCLUDING ALL`` plus the FKs re-pointed at the copies): a fairer floor."""
+    data = _with_ids(tables)
+    with psycopg.connect(dsn, autocommit=True) as pg:
+        pg.execute("DROP SCHEMA IF EXISTS indexed CASCADE")
+        pg.execute("CREATE SCHEMA indexed")
+        for name in data:
+            pg.execute(f"CREATE TABLE indexed.{name} (LIKE public.{name} INCLUDING ALL)")
+            for (fk,) in pg.execute(_FK_SQL, [name]).fetchall():
+                for ref in data:
+                    fk = fk.replace(f"REFERENCES {ref}(", f"REFERENCES indexed.{ref}(")
+                pg.execute(f"ALTER TABLE indexed.{name} ADD {fk}")
+        start = time.perf_counter()
+        with pg.transaction():
+            for name, rows in data.items():
+                have = {c["name"] for c in schema.table_columns(pg, name)}
+                copy_arrow(pg, f"indexed.{name}", [c for c in rows.column_names if c in have], rows)
+        return time.perf_counter() - start
+
+
 def batched_upserts(dsn: str, rows, limit: int, batch: int) -> dict:
     """The old sync: students upserted, then answers in multi-row INSERT ... ON CONFLICT statements."""
     with psycopg.connect(dsn, autocommit=True) as pg:
@@ -155,17 +195,23 @@ def measure(scale: int, upsert_rows: int) -> dict:
                                        runbook="import", actor="bench", target_kind="postgres", recompute=False,
                                        archive_years=labels)
         plan, res["plan_s"] = timed(importer.plan_import, target.con, desired, labels)
+        res["plan_timings"] = plan.timings
         outcome, res["apply_s"] = timed(importer.apply_import, target.con, desired, rows, approve=plan.fingerprint,
                                         run_id="bench", target_kind="postgres", archive=labels, planned=plan)
         assert outcome.status == "applied", outcome.reason
-        again = importer.plan_import(target.con, desired, labels)
+        res["apply_timings"] = outcome.result.timings
+        again, res["noop_plan_s"] = timed(importer.plan_import, target.con, desired, labels)
+        assert again.is_empty, again.counts()
+        res["noop_plan_timings"] = again.timings
         noop, res["noop_apply_s"] = timed(importer.apply_import, target.con, desired, rows, approve=again.fingerprint,
                                           run_id="bench-2", target_kind="postgres", archive=labels)
         assert noop.status == "nothing", noop.reason
+        res["noop_apply_timings"] = noop.result.timings if noop.result else {}
         target.close()
         tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
                   "question_responses": rows.question_responses}
         res["bare_copy_s"] = bare_copy(dsn, tables)
+        res["indexed_copy_s"] = indexed_copy(dsn, tables)
         res["upserts"] = [batched_upserts(dsn, rows, upsert_rows, b) for b in BATCHES]
     res["rows"] = {t: d.num_rows for t, d in tables.items()}
     res["applied"] = outcome.result.applied["applied"]
@@ -180,8 +226,11 @@ def ratios(res: dict, base: dict | None) -> list[tuple[str, str, str, bool]]:
     out = [("csv_profile", f"{res['csv_profile_s']:.1f} s", "≤ 10 s", res["csv_profile_s"] <= 10),
            ("plan + apply", f"{pa_s:.1f} s", "≤ 30 s", pa_s <= 30),
            ("plan + apply / bare COPY", f"{pa_s / res['bare_copy_s']:.1f}×", "≤ 2×", pa_s <= 2 * res["bare_copy_s"]),
+           ("  (info) / indexed COPY, keys + FKs", f"{pa_s / res['indexed_copy_s']:.1f}×", "(no bar)",
+            pa_s <= 2 * res["indexed_copy_s"]),
            ("batched upserts / plan + apply", f"{fastest_upsert / pa_s:.2f}×", "≥ 50×", fastest_upsert >= 50 * pa_s),
-           ("no-op re-run", f"{res['noop_apply_s']:.1f} s", "≤ 5 s", res["noop_apply_s"] <= 5),
+           ("no-op re-run: apply", f"{res['noop_apply_s']:.1f} s", "≤ 5 s", res["noop_apply_s"] <= 5),
+           ("no-op re-run: plan", f"{res['noop_plan_s']:.1f} s", "≤ 5 s", res["noop_plan_s"] <= 5),
            ("peak memory", f"{res['peak_memory_mb']:.0f} MB", "≤ 2048 MB", res["peak_memory_mb"] <= 2048)]
     if base:
         base_s = base["plan_s"] + base["apply_s"]
@@ -192,8 +241,12 @@ def ratios(res: dict, base: dict | None) -> list[tuple[str, str, str, bool]]:
 def report(res: dict, base: dict | None) -> None:
     print(f"\nScale {res['scale']}× ({res['rows']})")
     for key in ("load_damaged_db_s", "csv_profile_s", "build_rows_s", "migrations_s", "plan_s", "apply_s",
-                "noop_apply_s", "bare_copy_s"):
+                "noop_plan_s", "noop_apply_s", "bare_copy_s", "indexed_copy_s"):
         print(f"  {key:<22} {res[key]:8.2f} s")
+    for key in ("plan_timings", "apply_timings", "noop_apply_timings"):
+        top = sorted(res[key].items(), key=lambda kv: -kv[1])[:6]
+        print(f"  {key:<22} " + (", ".join(f"{k} {v:.1f}" for k, v in top) or "(no guard run: the importer "
+                                 "re-planned, found nothing to do and wrote nothing)"))
     for u in res["upserts"]:
         print(f"  upserts batch {u['batch']:<4}     {u['extrapolated_total_s']:8.1f} s  ({u['note']})")
     print(f"\n  {'SPEC §9 measure':<34} {'value':>10}  {'bar':<10} met")

@@ -185,6 +185,15 @@ def test_duplicate_natural_keys_are_an_error(con):
         plan_changes(con, desired(rows))
 
 
+@pytest.mark.parametrize("table", ["students", "vespa_scores", "question_responses"])
+def test_a_repeated_row_of_an_unchanged_student_is_still_an_error(con, table):
+    apply(con, desired(students(OLD, EST_A, 2)), "r1")  # the repeated row equals its live row
+    want = desired(students(OLD, EST_A, 2))
+    want.tables[table] = pa.concat_tables([want.tables[table], want.tables[table].slice(0, 1)])
+    with pytest.raises(ValidationFailed, match="repeat the natural key"):
+        plan_changes(con, want)
+
+
 def test_fingerprint_stable_and_sensitive(con):
     want = desired(students(OLD, EST_A, 3))
     first = plan_changes(con, want).fingerprint
@@ -233,6 +242,11 @@ def _changed_answer(rows):
     ("one student missing, deletes allowed", lambda r: desired(r[1:], allow_delete=True), 0),
     ("one student added", lambda r: desired(r + students(OLD, EST_A, 1, prefix="n")), 0),
     ("scores changed", lambda r: desired(r, score=4), 1),
+    ("live holds a student the snapshot lacks", lambda r: desired(r[1:]), 3),
+    ("a student lacking, one answer changed", lambda r: _changed_answer(r[:2]), 2),
+    ("a student lacking, deletes allowed", lambda r: desired(r[1:], allow_delete=True), 0),
+    ("repeat, deletes allowed", lambda r: desired(r, allow_delete=True), 0),
+    ("one student renamed", lambda r: desired([{**r[0], "name": "New"}, *r[1:]]), 2),
 ])
 def test_fast_path_plans_what_classification_plans(con, monkeypatch, case, make, fast_tables):
     rows = students(OLD, EST_A, 3)
@@ -243,6 +257,23 @@ def test_fast_path_plans_what_classification_plans(con, monkeypatch, case, make,
            (slow.counts(), slow.changed_columns, slow.samples, slow.refused_reasons)
     assert 3 - len(fast.staged) == fast_tables  # tables decided by digest alone, never staged
     assert set(slow.staged) == {"students", "vespa_scores", "question_responses"}
+
+
+@pytest.mark.parametrize(("case", "make", "staged"), [
+    ("one answer changed", _changed_answer, {"question_responses": 2}),
+    ("one student renamed", lambda r: desired([{**r[0], "name": "New"}, *r[1:]]), {"students": 1}),
+    ("one student added", lambda r: desired(r + students(OLD, EST_A, 1, prefix="n")),
+     {"students": 1, "vespa_scores": 1, "question_responses": 2}),
+    ("scores changed", lambda r: desired(r, score=4), {"vespa_scores": 3, "question_responses": 6}),
+])
+def test_fast_path_stages_only_the_changed_student_groups(con, case, make, staged):
+    from vespa_lib.plan import rolled_back, run, stage_and_classify
+
+    apply(con, desired(students(OLD, EST_A, 4)), "r1")  # the live slice holds a student the snapshot lacks
+    with rolled_back(con):
+        plan = stage_and_classify(con, make(students(OLD, EST_A, 3)))
+        rows = {t: run(con, f"SELECT count(*) FROM vespa_stage_{t}")[0][0] for t in plan.staged}
+    assert rows == staged, case
 
 
 def test_partial_fast_path_applies_the_changed_table_only(con):

@@ -413,8 +413,8 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
     changed = _changed_years(plan)
     _refuse_duck_limits(con, plan)
     _open_run(con, run_id, info, sorted(set(changed) | set(archive_years)), sorted(set(archive_years) | set(write_years)))
-    with timed(timings, "check_counts"):
-        before = _year_counts(con)
+    with timed(timings, "check_counts"):  # a plan without changes writes no row: nothing to count (SPEC.md §9)
+        before = _year_counts(con) if not plan.is_empty else None
     marked_years = sorted(set(archive_years) | set(archived_years(con)))
     stats_years = sorted((set(changed) if hook else set()) | set(archive_years))
     if stats_years:
@@ -427,7 +427,7 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
     with timed(timings, "archive_markers"):
         marked = _mark_archived(con, run_id, archive_years, stats_years) if archive_years else {}
     with timed(timings, "check_counts"):
-        _check_counts(plan, applied, before, _year_counts(con))
+        _check_counts(plan, applied, before or {}, _year_counts(con) if before is not None else {})
     for table, n in plan.extra.get("mark", {}).items():
         if marked.get(table) != n:
             raise ValidationFailed(["archive_markers"], f"{table}: planned to mark {n} rows archived, marked "

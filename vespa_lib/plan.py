@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 
 from vespa_lib.errors import ValidationFailed
 from vespa_lib.privacy import mask_email
-from vespa_lib.rowdigest import hash_expr, hash_sums
+from vespa_lib.rowdigest import hash_expr, hash_sums, unchanged_groups
 from vespa_lib.schema import dialect_of, table_columns
 
 __all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "plan_changes", "q", "row_text_expr",
@@ -401,7 +401,25 @@ def state_digest(con: Any, years: list[str]) -> dict[str, str]:
     return out
 
 
+def state_token(con: Any, years: list[str]) -> dict[str, str]:
+    """What the fingerprint binds the plan to: the live slices of ``years``. Read-only.
+
+    PostgreSQL: a digest of the row versions (ctid, xmin), not of their content: any insert, update
+    or delete since planning gives a new version and a new token, at a third of the content digest's
+    cost over a million rows (SPEC.md §9). DuckDB has no row versions: ``state_digest``."""
+    if dialect_of(con) == "duckdb":
+        return state_digest(con, years)
+    version = "concat(t.ctid, ':', t.xmin)"
+    sums = f"concat(count(*), ':', coalesce(sum(hashtextextended({version}, 0)), 0), ':', " \
+           f"coalesce(sum(hashtextextended({version}, 1)), 0))"
+    return {name: scalar(con, f"SELECT {sums} FROM {name} t WHERE t.academic_year IN {_in(years)}", years) or ""
+            for name in [s.name for s in SPECS] + ["academic_years"]}
+
+
 # --- no-op fast path (SPEC.md §9: a re-run that finds nothing to do ≤ 5 s) ----------------------
+# Without deletes, the live rows of each desired student group (academic_year, email) are read once
+# (COPY out) and compared in DuckDB; only the groups that differ are staged and classified. With
+# deletes, a whole year is skipped only when its live slice equals its desired rows (md5 digests).
 
 FAST_NOOP = True  # tests switch it off to prove the fast path plans exactly what classification plans
 EMPTY_CHANGES = "0:0:0"  # what _change_digest gives for a plan table without changes, on both engines
@@ -473,6 +491,78 @@ def _unchanged_years(con: Any, spec: TableSpec, desired: Desired) -> dict[str, i
     return {y: int(want[y][0]) for y in same if have.get(y) == (int(want[y][0]), str(want[y][1]), str(want[y][2]))}
 
 
+def _live_rows(con: Any, spec: TableSpec, cols: list[str], years: list[str]) -> pa.Table:
+    """The live rows of ``years`` projected on the staged columns (keys by email), as text. Read-only.
+
+    PostgreSQL: one ``COPY ... TO STDOUT`` parsed by Arrow (SPEC.md §4: bulk reads over COPY); dates
+    rendered ISO whatever the server's DateStyle; NULL unquoted, empty text quoted."""
+    join = "JOIN students s ON s.id = t.student_id " if spec.via_student else ""
+    exprs = [(f"s.{q(c)}" if spec.via_student and c == "email" else f"t.{q(c)}") for c in cols]
+    if dialect_of(con) == "duckdb":
+        select = ", ".join(f"{e} AS {q(c)}" for e, c in zip(exprs, cols, strict=True))
+        return con.sql(f"SELECT {select} FROM {spec.name} t {join}WHERE t.academic_year IN {_in(years)}",
+                       params=years).to_arrow_table()
+    # scores and answers travel with their student id (a number, not a 30-byte email per row)
+    names = [("student_id" if spec.via_student and c == "email" else c) for c in cols]
+    exprs = ["t.student_id" if n == "student_id" else e for n, e in zip(names, exprs, strict=True)]
+    select = ", ".join(f"to_char({e}, 'YYYY-MM-DD')" if spec.types.get(c) == "DATE" else f"CAST({e} AS TEXT)"
+                       for e, c in zip(exprs, names, strict=True))
+    live = _copy_out(con, f"SELECT {select} FROM {spec.name} t WHERE t.academic_year IN {_in(years)}", years, names)
+    if not spec.via_student:
+        return live
+    ids = _copy_out(con, "SELECT CAST(id AS TEXT), email FROM students", [], ["student_id", "email"])
+    return live.join(ids, "student_id", join_type="inner").select(cols)
+
+
+def _copy_out(con: Any, select: str, params: list, names: list[str]) -> pa.Table:
+    """Rows of a PostgreSQL query as Arrow text columns over ``COPY ... TO STDOUT`` (csv; NULL
+    unquoted, empty text quoted, so they stay apart). Read-only."""
+    buf = io.BytesIO()
+    with con.cursor().copy(f"COPY ({select.replace('?', '%s')}) TO STDOUT WITH (FORMAT csv)", params or None) as copy:
+        for chunk in copy:
+            buf.write(chunk)
+    if not buf.tell():
+        return pa.table({c: pa.array([], pa.string()) for c in names})
+    buf.seek(0)
+    return pacsv.read_csv(buf, pacsv.ReadOptions(column_names=names), convert_options=pacsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, quoted_strings_can_be_null=False))
+
+
+_GROUP = ("academic_year", "email")
+
+
+def _unchanged_groups(con: Any, spec: TableSpec, desired: Desired) -> tuple[dict[str, int], pa.Table]:
+    """({year: rows proven unchanged}, desired rows left to stage): the student groups (year, email)
+    whose live rows are exactly their desired rows are unchanged and need no staging. Read-only.
+
+    Only without deletes: live students the snapshot lacks are then kept as they are (SPEC.md §7.1),
+    so they need no comparison at all, and a proven group can produce no delete."""
+    table = desired.tables[spec.name]
+    cols = _stage_columns(spec, table)
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    years = sorted(y for y in pc.unique(pc.cast(table["academic_year"], pa.string())).to_pylist() if y is not None)
+    live = _live_rows(con, spec, cols, years) if years else None
+    if live is None or not live.num_rows:
+        return {}, table
+    split = unchanged_groups(table.select(cols), list(spec.keys), [(c, spec.types[c]) for c in cols], live)
+    if split is None:
+        return {}, table
+    proven, rest = split
+    return proven, table.take(rest)
+
+
+def _fast_split(con: Any, spec: TableSpec, desired: Desired) -> tuple[dict[str, int], pa.Table]:
+    """({year: rows proven unchanged}, rows left to stage): by student group without deletes, by
+    whole year with deletes (a delete needs the complete desired slice of its year staged)."""
+    if not FAST_NOOP:
+        return {}, desired.tables[spec.name]
+    if not desired.allow_delete:
+        return _unchanged_groups(con, spec, desired)
+    proven = _unchanged_years(con, spec, desired)
+    return proven, _without_years(desired.tables[spec.name], proven)
+
+
 def _without_years(table: pa.Table, years: dict[str, int]) -> pa.Table:
     if not years:
         return table
@@ -538,11 +628,9 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
         if spec.name not in desired.tables:
             continue
         with timed(timings, f"fast.{spec.name}"):
-            proven = _unchanged_years(con, spec, desired) if FAST_NOOP else {}
-            rest = _without_years(desired.tables[spec.name], proven)
-        unchanged = {y: {**dict.fromkeys(OPS, 0), "unchanged": n} for y, n in proven.items()}
+            proven, rest = _fast_split(con, spec, desired)
         if proven and not rest.num_rows and not desired.allow_delete:  # the result classification would give
-            counts[spec.name], changed[spec.name], samples[spec.name] = unchanged, [], []
+            counts[spec.name], changed[spec.name], samples[spec.name] = _with_unchanged({}, proven), [], []
             reasons[spec.name], changes[spec.name] = {}, EMPTY_CHANGES
             if spec.name == "students":
                 _empty_student_plan(con)
@@ -551,9 +639,9 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
             cols = staged[spec.name] = _stage(con, dialect, spec, rest, on_chunk)
             _check_unique(con, spec)
         with timed(timings, f"classify.{spec.name}"):
-            _classify(con, spec, cols, desired, locked, sorted(proven))
+            _classify(con, spec, cols, desired, locked, sorted(proven) if desired.allow_delete else [])
         with timed(timings, f"summarise.{spec.name}"):
-            counts[spec.name] = {**_counts(con, spec), **unchanged}
+            counts[spec.name] = _with_unchanged(_counts(con, spec), proven)
             changed[spec.name] = _changed_columns(con, spec, cols)
             samples[spec.name] = _samples(con, spec, cols, changed[spec.name])
             reasons[spec.name] = dict(run(con, f"SELECT refused, count(*) FROM vespa_plan_{spec.name} "
@@ -562,10 +650,17 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
     years = sorted(set(desired.years) | {y for c in counts.values() for y in c} | set(archive_years))
     with timed(timings, "state_digest"):
         extra = {"mark": _mark_counts(con, list(archive_years), set(staged))}
-        state = state_digest(con, years)
+        state = state_token(con, years)
     fingerprint = _sha({"changes": changes, "counts": counts, "state": state, "scope": scope, "extra": extra})
     return Plan(counts, changed, samples, reasons, [], fingerprint, scope, extra=extra, staged=staged,
                 timings=timings)
+
+
+def _with_unchanged(counts: dict[str, dict[str, int]], proven: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Classified counts plus the rows proven unchanged (a year may be partly proven, partly staged)."""
+    for year, n in proven.items():
+        counts.setdefault(year, dict.fromkeys(OPS, 0))["unchanged"] += n
+    return counts
 
 
 def _mark_counts(con: Any, archive_years: list[str], planned: set[str]) -> dict[str, int]:
