@@ -1,4 +1,6 @@
 """Build notebooks/csv_profile.ipynb (no outputs)."""
+from pathlib import Path
+
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -222,4 +224,4 @@ nb = new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "vespa", "display_name": "VESPA workbook", "language": "python"},
     "language_info": {"name": "python"},
 })
-nbformat.write(nb, "/work/main/notebooks/csv_profile.ipynb")
+nbformat.write(nb, str(Path(__file__).resolve().parents[1] / "notebooks" / "csv_profile.ipynb"))
