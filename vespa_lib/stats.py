@@ -128,12 +128,25 @@ def _new_rows_sql(dialect: str, table: str) -> str:
             f"benchmark, archived AS is_archived FROM ({agg}) a")
 
 
+_EXACT = {"count", "distribution", "is_archived"}
+
+
+def _differs(table: str, column: str) -> str:
+    """SQL: the stored value differs from the recomputed one. Doubles compare with a relative
+    tolerance of 1e-9: DuckDB's parallel aggregates can differ in the last bits from run to run, and
+    float noise is not a change (it would rewrite rows and their calculated_at for nothing)."""
+    if column in _EXACT:
+        return f"{table}.{column} IS DISTINCT FROM n.{column}"
+    return (f"(({table}.{column} IS NULL) <> (n.{column} IS NULL) "
+            f"OR abs({table}.{column} - n.{column}) > 1e-9 * greatest(1.0, abs(n.{column})))")
+
+
 def _merge_sql(table: str, scope: str, archived: bool) -> dict[str, str]:
     """Set-based merge of ``_TEMP[table]`` into ``table`` limited to the slice ``scope``."""
     new, keys = _TEMP[table], _KEYS[table]
     cols = (*_VALUES[table], *(("is_archived",) if archived else ()))
     match = " AND ".join(f"n.{k} = {table}.{k}" for k in keys)
-    differs = " OR ".join(f"{table}.{c} IS DISTINCT FROM n.{c}" for c in cols)
+    differs = " OR ".join(_differs(table, c) for c in cols)
     sets = ", ".join(f"{c} = n.{c}" for c in cols)
     all_cols = ", ".join((*keys, *cols))
     return {
