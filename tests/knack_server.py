@@ -16,6 +16,7 @@ numeric strings, date dicts with the month-first ``date`` beside the UK ``date_f
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -223,3 +224,15 @@ class FakeKnack:
         pages = max(1, -(-len(rows) // per))
         return {"total_pages": pages, "current_page": page, "total_records": len(rows),
                 "records": rows[(page - 1) * per: page * per]}
+
+
+def forbid_network(monkeypatch) -> None:
+    """Fail any connection that is not to the loopback address: tests never touch the network."""
+    real = socket.socket.connect
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise AssertionError(f"network access attempted: {address!r}")
+        return real(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

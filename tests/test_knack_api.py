@@ -8,7 +8,6 @@ No test reaches the network: an autouse guard refuses every socket connection of
 from __future__ import annotations
 
 import csv
-import socket
 from datetime import date, datetime, timedelta
 
 import duckdb
@@ -20,6 +19,7 @@ from tests.knack_server import (
     API_KEY,
     APP_ID,
     FakeKnack,
+    forbid_network,
     knack_date,
     oid,
     record_2,
@@ -49,14 +49,7 @@ APP_VAR, KEY_VAR = "TEST_KNACK_APP_ID", "TEST_KNACK_API_KEY"
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch):
     """Fail any connection that is not to 127.0.0.1: the client must never touch the network."""
-    real = socket.socket.connect
-
-    def connect(sock, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            raise AssertionError(f"network access attempted: {address!r}")
-        return real(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+    forbid_network(monkeypatch)
 
 
 @pytest.fixture(autouse=True)

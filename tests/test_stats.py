@@ -7,8 +7,6 @@ import hashlib
 import math
 import random
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import duckdb
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vespa_lib import stats
+from vespa_lib import schema, stats
 from vespa_lib.errors import GuardRefused, ParameterError
 from vespa_lib.schema import create_schema
 from vespa_lib.scores import OUTCOME_QUESTIONS
@@ -98,20 +96,9 @@ def _seed(con, dialect: str, seed: int = 7) -> None:
     _insert(con, dialect, "question_responses", answers)
 
 
-@contextmanager
-def _tx(con, dialect: str) -> Iterator[None]:
+def _tx(con, dialect: str):
     """The caller's transaction (what the guard provides)."""
-    if dialect == "postgres":
-        with con.transaction():
-            yield
-        return
-    con.begin()
-    try:
-        yield
-    except BaseException:
-        con.rollback()
-        raise
-    con.commit()
+    return schema.transaction(con, dialect)
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])

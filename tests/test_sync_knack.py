@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import csv
 import shutil
-import socket
 from datetime import date
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from tests.knack_server import API_KEY, APP_ID, FakeKnack, record_6, record_10, record_29
+from tests.knack_server import API_KEY, APP_ID, FakeKnack, forbid_network, record_6, record_10, record_29
 from vespa_lib import fieldmap, knack_api, sync, synth
 from vespa_lib.guard import apply_plan
 from vespa_lib.plan import Desired, plan_changes
@@ -45,14 +44,7 @@ EARLY_EMAIL = "early.pupil@uk1.example.sch.uk"  # 10/10/2024: before the Knack r
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch, tmp_path):
     """No network (only 127.0.0.1), credentials in named variables, no stray ``.env``."""
-    real = socket.socket.connect
-
-    def connect(sock, address):
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            raise AssertionError(f"network access attempted: {address!r}")
-        return real(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+    forbid_network(monkeypatch)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(APP_VAR, APP_ID)
     monkeypatch.setenv(KEY_VAR, API_KEY)

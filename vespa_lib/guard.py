@@ -54,7 +54,7 @@ from vespa_lib.plan import (
     stage_and_classify,
     timed,
 )
-from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of, table_columns
+from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of, table_columns, transaction
 from vespa_lib.years import year_bounds
 
 __all__ = ["CRASH_ENV", "LOCK_KEY", "ApplyResult", "apply_plan", "apply_undo", "plan_undo",
@@ -92,17 +92,8 @@ def crash_point(name: str) -> None:
 @contextmanager
 def write_transaction(con: Any) -> Iterator[None]:
     """ONE transaction: commit on success, roll back and re-raise on any error."""
-    if dialect_of(con) == "postgres":
-        with con.transaction():
-            yield
-        return
-    con.begin()
-    try:
+    with transaction(con):
         yield
-    except BaseException:
-        con.rollback()
-        raise
-    con.commit()
 
 
 def _check_approval(approve: str, dialect: str, target_kind: str | None) -> None:

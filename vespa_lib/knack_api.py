@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import fieldmap, knack
 from .errors import ParameterError, TargetError
+from .retry import retry_delay
 from .targets import resolve_env
 from .years import year_bounds
 
@@ -125,10 +126,7 @@ class KnackClient:
             "Knack is rate-limiting or unavailable; nothing was read as complete. Retry later.")
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        retry_after = response.headers.get("Retry-After", "") if response is not None else ""
-        if retry_after.isdigit():
-            return min(float(retry_after), 60.0)
-        return min(self.backoff * 2**attempt, 30.0)
+        return retry_delay(attempt, response, self.backoff)
 
     def _checked(self, response: httpx.Response, path: str) -> httpx.Response:
         status = response.status_code

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .errors import TargetError
+from .retry import retry_delay
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"^\s*(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$")
@@ -144,10 +145,7 @@ class RestReader:
         )
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        retry_after = response.headers.get("Retry-After", "") if response is not None else ""
-        if retry_after.isdigit():
-            return min(float(retry_after), 60.0)
-        return min(self.backoff * 2**attempt, 30.0)
+        return retry_delay(attempt, response, self.backoff)
 
     def _checked(self, response: httpx.Response, table: str) -> httpx.Response:
         status = response.status_code

@@ -42,7 +42,7 @@ from vespa_lib.errors import SchemaError
 __all__ = [
     "DIALECTS", "PRODUCTION_TABLES", "WORKBOOK_SCHEMA", "WORKBOOK_TABLES",
     "Check", "Column", "ForeignKey", "Table",
-    "all_tables", "constraints", "create_schema", "ddl", "dialect_of", "indexes", "table_columns",
+    "all_tables", "constraints", "create_schema", "ddl", "dialect_of", "indexes", "table_columns", "transaction",
 ]
 
 DIALECTS = ("duckdb", "postgres")
@@ -392,7 +392,7 @@ def create_schema(con: Any, dialect: str | None = None, *, workbook: bool = True
     dialect = dialect or dialect_of(con)
     _check_dialect(dialect)
     default = _default_schema(dialect)
-    with _transaction(con, dialect):
+    with transaction(con, dialect):
         existing = _existing_tables(con, dialect)
         todo: list[str] = []
         if workbook and not any(s == WORKBOOK_SCHEMA for s, _ in existing):
@@ -406,9 +406,10 @@ def create_schema(con: Any, dialect: str | None = None, *, workbook: bool = True
 
 
 @contextmanager
-def _transaction(con: Any, dialect: str) -> Iterator[None]:
-    """All-or-nothing DDL: both engines have transactional DDL."""
-    if dialect == "postgres":
+def transaction(con: Any, dialect: str | None = None) -> Iterator[None]:
+    """One all-or-nothing transaction on either engine: commit on success, roll back and re-raise on
+    any error (both engines have transactional DDL). The single implementation the guard uses too."""
+    if (dialect or dialect_of(con)) == "postgres":
         with con.transaction():
             yield
         return
