@@ -34,6 +34,10 @@ sys.path.insert(0, {str(TESTS)!r})
 from test_plan import desired, students, EST_A, OLD
 from vespa_lib.plan import plan_changes
 from vespa_lib.guard import apply_plan
+import os
+from vespa_lib import bulkload
+if os.environ.get("VESPA_TEST_BULK"):  # load the answers with their keys dropped and rebuilt
+    bulkload.MIN_ROWS, bulkload.MIN_SHARE = 1, 0.0
 con = psycopg.connect(sys.argv[1], autocommit=True)
 rows = students(OLD, EST_A, {N_STUDENTS}, name="Crash")
 want = desired(rows, cycles=(1, 2, 3), score=6)
@@ -44,9 +48,18 @@ print("VESPA_APPLIED", flush=True)
 """
 
 
+_DEFINITIONS = """
+SELECT r.relname, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+WHERE r.relnamespace = 'public'::regnamespace
+UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2, 3
+"""
+
+
 def _checksums(con) -> dict:
+    """Every table's content, plus every key, constraint and index definition (bulk mode drops them)."""
     return {**table_checksums(con, PRODUCTION), **{f"ops.{k}": v for k, v in
-                                                   table_checksums(con, OPS, "vespa_ops").items()}}
+                                                   table_checksums(con, OPS, "vespa_ops").items()},
+            "definitions": con.execute(_DEFINITIONS).fetchall()}
 
 
 def _wait_for_backends_gone(con, timeout: float = 10.0) -> None:
@@ -61,8 +74,8 @@ def _wait_for_backends_gone(con, timeout: float = 10.0) -> None:
     raise AssertionError("the killed apply's backend is still connected")
 
 
-def _run_child(dsn: str, crash_at: str | None) -> subprocess.Popen:
-    env = {**os.environ, "VESPA_CRASH_AT": crash_at or ""}
+def _run_child(dsn: str, crash_at: str | None, bulk: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "VESPA_CRASH_AT": crash_at or "", "VESPA_TEST_BULK": "1" if bulk else ""}
     return subprocess.Popen([sys.executable, "-c", CHILD, dsn], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
@@ -76,19 +89,24 @@ def prepared(pg_dsn):
     con.close()
 
 
-@pytest.mark.parametrize("crash_at", ["copy", "merge", "before_commit"])
-def test_sigkill_leaves_database_exactly_as_before(prepared, pg_dsn, crash_at):
+@pytest.mark.parametrize(("crash_at", "bulk"), [
+    ("copy", False), ("merge", False), ("before_commit", False),
+    ("merge", True),  # killed while the answers' keys and foreign key are dropped (vespa_lib.bulkload)
+    ("before_commit", True),
+])
+def test_sigkill_leaves_database_exactly_as_before(prepared, pg_dsn, crash_at, bulk):
     before = _checksums(prepared)
-    child = _run_child(pg_dsn, crash_at)
+    child = _run_child(pg_dsn, crash_at, bulk)
     line = child.stdout.readline()
     assert line.startswith(f"VESPA_CRASH_READY {crash_at}"), child.stderr.read()
     os.kill(child.pid, signal.SIGKILL)
     child.wait(timeout=10)
     _wait_for_backends_gone(prepared)
     assert _checksums(prepared) == before
-    done = _run_child(pg_dsn, None)
+    done = _run_child(pg_dsn, None, bulk)
     out, err = done.communicate(timeout=60)
     assert "VESPA_APPLIED" in out, err
+    assert _checksums(prepared)["definitions"] == before["definitions"]  # keys rebuilt exactly
     assert prepared.execute("SELECT count(*) FROM students WHERE is_archived").fetchone()[0] == N_STUDENTS
     assert prepared.execute("SELECT status FROM vespa_ops.ledger WHERE run_id = 'crash'").fetchone()[0] == "applied"
 

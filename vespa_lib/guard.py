@@ -12,7 +12,9 @@
    archive grants) in the same transaction, so the archive triggers let this run, and only this run,
    write the years it was granted;
 6. pre-image backup into ``vespa_ops.backup_<table>`` (and Parquet in ``backup_dir``); set-based
-   merge from the staged rows (students first, then scores and answers resolved by email + year);
+   merge from the staged rows (students first, then scores and answers resolved by email + year;
+   a PostgreSQL table receiving a large share of its rows is loaded with its keys dropped and
+   rebuilt in the same transaction, ``bulk_tables`` / vespa_lib.bulkload);
    statistics recomputed by a hook; archive markers; ledger completed; row counts compared with
    the plan: any difference raises and everything rolls back.
 
@@ -36,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vespa_lib.bulkload import is_bulk, keys_rebuilt
 from vespa_lib.errors import GuardRefused, ValidationFailed, VespaError
 from vespa_lib.migrations import ARCHIVED_TABLES, apply_pending
 from vespa_lib.plan import (
@@ -57,7 +60,7 @@ from vespa_lib.plan import (
 from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of, table_columns, transaction
 from vespa_lib.years import year_bounds
 
-__all__ = ["CRASH_ENV", "LOCK_KEY", "ApplyResult", "apply_plan", "apply_undo", "plan_undo",
+__all__ = ["CRASH_ENV", "LOCK_KEY", "ApplyResult", "apply_plan", "apply_undo", "bulk_tables", "plan_undo",
            "table_checksums", "verify", "write_transaction"]
 
 LOCK_KEY = 0x56455350_41  # "VESPA": the one advisory lock every guarded run takes
@@ -268,8 +271,11 @@ def _refuse_duck_limits(con: Any, plan: Plan) -> None:
                            "change on PostgreSQL, or delete and re-import the students concerned.")
 
 
-def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[str, float]) -> dict:
-    """Backups, then deletes (children first), inserts and updates (students first). Counts per table."""
+def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[str, float],
+           bulk: list[str] = ()) -> dict:
+    """Backups, then deletes (children first), inserts and updates (students first). Counts per table.
+
+    Tables in ``bulk`` are updated first, then loaded with their keys rebuilt (vespa_lib.bulkload)."""
     # tables the planner found unchanged by digest have no plan table: nothing to back up or write
     present = [s for s in SPECS if s.name in plan.staged]
     applied: dict[str, dict[str, int]] = {t: dict.fromkeys(("insert", "update", "delete"), 0)
@@ -286,10 +292,27 @@ def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[s
     for spec in present:
         cols = plan.staged[spec.name]
         with timed(timings, f"merge.{spec.name}"):
-            applied[spec.name]["insert"] = _insert(con, spec, cols, marked, run_id)
-            applied[spec.name]["update"] = _update(con, spec, cols)
-        crash_point("merge")
+            if spec.name not in bulk:
+                applied[spec.name]["insert"] = _insert(con, spec, cols, marked, run_id)
+                applied[spec.name]["update"] = _update(con, spec, cols)
+                crash_point("merge")
+                continue
+            applied[spec.name]["update"] = _update(con, spec, cols)  # by id, while the key exists
+            with keys_rebuilt(con, spec.name):
+                applied[spec.name]["insert"] = _insert(con, spec, cols, marked, run_id)
+                crash_point("merge")  # killed here, with the keys dropped: the rollback restores them
     return applied
+
+
+def bulk_tables(con: Any, plan: Plan, rows_before: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """Tables whose planned inserts use bulk-load mode (vespa_lib.bulkload): PostgreSQL only. Read-only.
+
+    ``rows_before``: {table: {year: rows}} when the caller has counted them already."""
+    if dialect_of(con) != "postgres":
+        return []
+    before = rows_before if rows_before is not None else _year_counts(con)
+    return sorted(t for t, ops in _planned_totals(plan).items()
+                  if is_bulk(ops["insert"], sum(before.get(t, {}).values())))
 
 
 def _planned_totals(plan: Plan) -> dict:
@@ -338,8 +361,9 @@ def _mark_archived(con: Any, run_id: str, years: list[str], snapshot: list[str])
             continue
         where = f"t.academic_year IN {in_list(years)} AND NOT t.is_archived"
         if table not in STATS_TABLES:  # statistics pre-images are the whole-year snapshot
-            _backup_rows(con, run_id, table, where + f" AND t.id NOT IN (SELECT id FROM {OPS_SCHEMA}.backup_{table} "
-                         "WHERE _run_id = ?)", [*years, run_id], "update")
+            # rows this run updated are backed up already (their pre-image); inserted rows arrive marked
+            _backup_rows(con, run_id, table, where + f" AND NOT EXISTS (SELECT 1 FROM {OPS_SCHEMA}.backup_{table} b "
+                         "WHERE b._run_id = ? AND b._op = 'update' AND b.id = t.id)", [*years, run_id], "update")
         marked[table] = run(con, f"UPDATE {table} SET is_archived = true WHERE academic_year IN {in_list(years)} "
                                  "AND NOT is_archived", list(years))[0][0]
     for year in years:
@@ -411,7 +435,8 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
     if stats_years:
         with timed(timings, "backup"):
             _snapshot_stats(con, run_id, stats_years)
-    applied = _merge(con, plan, run_id, marked_years, timings)
+    bulk = bulk_tables(con, plan, before) if before is not None else []
+    applied = _merge(con, plan, run_id, marked_years, timings, bulk)
     with timed(timings, "statistics"):
         if hook is not None and changed:
             hook(con, dialect_of(con), sorted(set(changed) | set(archive_years)), desired.establishment_ids)
@@ -424,7 +449,7 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
             raise ValidationFailed(["archive_markers"], f"{table}: planned to mark {n} rows archived, marked "
                                    f"{marked.get(table)}; everything was rolled back. Re-plan and investigate.")
     counts = {"plan": plan.counts(), "applied": applied, "marked": marked, "statistics_years": stats_years,
-              "archive_years": archive_years}
+              "archive_years": archive_years, "bulk_tables": bulk}
     _close_run(con, run_id, counts)
     return ApplyResult(run_id, plan.fingerprint, plan, applied=counts)
 
