@@ -37,6 +37,7 @@ def world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sync")
     synth.generate(out, students=300, seed=2025)
     generate_fresh_export(out, as_of=AS_OF)
+    shutil.copy(out / "production.duckdb", out / "unmigrated.duckdb")  # as production was before the workbook
     con = duckdb.connect(str(out / "production.duckdb"))
     for archive in ([], [OLD]):
         want = Desired({}, years=[OLD])
@@ -357,3 +358,15 @@ def test_a_conflicting_misspelt_duplicate_is_kept_and_refuses_the_sync():
     proof = sync_checks.label_proof(counts)
     assert proof["name"] == "f11_labels_canonical" and not proof["passed"]
     assert sync_checks.label_proof({"students": {"relabelled": 2, "identical_duplicates": 0, "conflicts": 0}})["passed"]
+
+
+def test_a_database_never_migrated_gets_a_blocked_plan_not_a_crash(world, tmp_path):
+    """Before the workbook's migrations the tables have no is_archived: the plan says what to do first."""
+    shutil.copy(world / "unmigrated.duckdb", tmp_path / "u.duckdb")
+    con = duckdb.connect(str(tmp_path / "u.duckdb"))
+    try:
+        sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", con, AS_OF)
+        assert sp.plan.blocked and "apply migrations first" in sp.plan.blocked
+        assert not sp.passed
+    finally:
+        con.close()

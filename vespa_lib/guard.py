@@ -51,6 +51,7 @@ from vespa_lib.plan import (
     live_sql,
     plan_changes,
     q,
+    reuse_kept,
     row_text_expr,
     run,
     scalar,
@@ -389,8 +390,12 @@ def _changed_years(plan: Plan) -> list[str]:
 def apply_plan(con: Any, desired: Desired, *, approve: str, run_id: str, runbook: str, actor: str,
                parameters: dict | None = None, target_kind: str | None = None,
                recompute: Callable | None | bool = None, archive_years: tuple | list = (),
-               archived_write_years: tuple | list = (), backup_dir: Path | str | None = None) -> ApplyResult:
-    """Apply ``desired`` under the guard (SPEC.md §7.3). Writes, in one transaction, or nothing."""
+               archived_write_years: tuple | list = (), backup_dir: Path | str | None = None,
+               planned: Plan | None = None) -> ApplyResult:
+    """Apply ``desired`` under the guard (SPEC.md §7.3). Writes, in one transaction, or nothing.
+
+    ``planned``: the plan this connection just made with ``plan_changes(keep=True)``; reused when it is
+    still valid under the lock (``plan.reuse_kept``), else the guard re-plans."""
     dialect = dialect_of(con)
     _check_approval(approve, dialect, target_kind)
     hook = _resolve_hook(recompute)
@@ -399,9 +404,15 @@ def apply_plan(con: Any, desired: Desired, *, approve: str, run_id: str, runbook
     started = time.perf_counter()
     with write_transaction(con):
         _lock(con)
-        plan = stage_and_classify(con, desired, archived_write_years=write_years, archive_years=archive_years,
-                                  on_chunk=lambda i: crash_point("copy"))
-        timings = {f"plan.{k}": v for k, v in plan.timings.items()}
+        reuse_started = time.perf_counter()
+        plan = reuse_kept(con, planned, desired, approve=approve, archived_write_years=write_years,
+                          archive_years=archive_years)
+        if plan is not None:
+            timings = {"plan.reused": round(time.perf_counter() - reuse_started, 4)}
+        else:
+            plan = stage_and_classify(con, desired, archived_write_years=write_years, archive_years=archive_years,
+                                      on_chunk=lambda i: crash_point("copy"))
+            timings = {f"plan.{k}": v for k, v in plan.timings.items()}
         _check_fingerprint(plan, approve)
         info["fingerprint"] = plan.fingerprint
         if plan.migrations:

@@ -366,7 +366,7 @@ def plan_import(con: Any, desired: planmod.Desired, archive: list[str],
                 repairs: Repairs | None = None) -> planmod.Plan:
     """The plan (SPEC.md §7.1): the pending migrations while any are pending, then the F8 repair
     (``kind = "repair"``) while duplicates remain, then the data. Read-only."""
-    plan = planmod.plan_changes(con, desired, archive_years=archive)
+    plan = planmod.plan_changes(con, desired, archive_years=archive, keep=True)  # reused by the apply
     fix = repair_desired(repairs) if repairs is not None and not plan.migrations else None
     if fix is not None:
         repair = planmod.plan_changes(con, fix)
@@ -464,7 +464,8 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
     ``approve`` is the fingerprint of the plan the operator reviewed, or ``auto`` (DuckDB only). A
     fingerprint that approved pending migrations does not approve the data plan computed after them:
     the outcome is ``migrated`` and names the new plan for review. ``planned``: the plan the caller just
-    computed (saves planning twice; the guard re-plans inside its transaction regardless)."""
+    computed (saves planning outside the guard; under its lock the guard reuses the plan's kept tables
+    when they are still valid, else it re-plans: ``plan.reuse_kept``)."""
     common = {"runbook": RUNBOOK, "actor": actor(), "parameters": parameters, "target_kind": target_kind}
     migrations: list[dict] = []
     current = planned if planned is not None and not planned.is_empty else plan_import(con, desired, archive, repairs)
@@ -495,7 +496,7 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
                              plan=current, repair=repaired)
     post: dict = {}
     result, reason = _guarded(lambda: guard.apply_plan(
-        con, desired, approve=approve, run_id=run_id,
+        con, desired, approve=approve, run_id=run_id, planned=current,
         recompute=_hook(rows.quarantine, run_id, post), archive_years=archive, backup_dir=backup_dir, **common))
     if result is None:
         return ImportOutcome("refused", reason, migrations=migrations, repair=repaired)

@@ -30,13 +30,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from vespa_lib.errors import ValidationFailed
+from vespa_lib.errors import ValidationFailed, VespaError
 from vespa_lib.privacy import mask_email
 from vespa_lib.rowdigest import hash_expr, hash_sums, unchanged_groups
 from vespa_lib.schema import dialect_of, table_columns
 
-__all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "plan_changes", "q", "row_text_expr",
-           "run", "scalar", "stage_and_classify"]
+__all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "plan_changes", "q", "reuse_kept",
+           "row_text_expr", "run", "scalar", "stage_and_classify"]
 
 OPS = ("insert", "update", "unchanged", "delete", "refused")
 SAMPLE_ROWS = 5
@@ -155,6 +155,7 @@ class Plan:
     extra: dict = field(default_factory=dict)
     staged: dict[str, list[str]] = field(default_factory=dict)  # staged columns per table (for the merge)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase; not part of the fingerprint
+    session: str | None = None  # key of the plan tables kept in the planning connection (``plan_changes(keep=)``)
 
     def counts(self) -> dict[str, dict[str, dict[str, int]]]:
         """{table: {year: {insert, update, unchanged, delete, refused}}}."""
@@ -645,7 +646,12 @@ def _session_settings(con: Any) -> None:
 
 
 def archived_years(con: Any) -> list[str]:
-    """Years marked archived in academic_years. Read-only."""
+    """Years marked archived in academic_years. Read-only.
+
+    A database the workbook has not migrated yet has no archive markers, so no archived year (its
+    plans are blocked by the pending migrations, which the caller reports)."""
+    if "is_archived" not in {c["name"] for c in table_columns(con, "academic_years")}:
+        return []
     return [r[0] for r in run(con, "SELECT academic_year FROM academic_years WHERE is_archived ORDER BY 1")]
 
 
@@ -655,9 +661,9 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
     from vespa_lib.migrations import pending
 
     dialect = dialect_of(con)
-    scope = {"years": sorted(desired.years), "establishment_ids": desired.establishment_ids,
-             "allow_delete": desired.allow_delete, "archive_years": sorted(archive_years),
-             "archived_write_years": sorted(archived_write_years)}
+    scope = _scope(desired, archive_years, archived_write_years)
+    if dialect == "postgres":  # whatever plan tables this replaces are no longer a kept plan
+        run(con, f"DROP TABLE IF EXISTS {SESSION_TABLE}")
     migrations = [m.describe() for m in pending(con)]
     if migrations:
         digest = {"migrations": migrations, "scope": scope}
@@ -691,16 +697,71 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
             samples[spec.name] = _samples(con, spec, cols, changed[spec.name])
             reasons[spec.name] = dict(run(con, f"SELECT refused, count(*) FROM vespa_plan_{spec.name} "
                                                "WHERE refused IS NOT NULL GROUP BY 1 ORDER BY 1"))
-    years = sorted(set(desired.years) | {y for c in counts.values() for y in c} | set(archive_years))
     with timed(timings, "state_digest"):
-        extra = {"mark": _mark_counts(con, list(archive_years), set(staged))}
-        state = state_token(con, years)
-    # The classification is a function of the desired rows, the live state the token covers and the
-    # scope, so binding those (plus the outcome) binds the plan (docs/ARCHITECTURE.md "Fingerprint").
-    fingerprint = _sha({"desired": changes, "counts": counts, "changed": changed, "refused": reasons,
-                        "state": state, "scope": scope, "extra": extra})
+        extra, state = _live_binding(con, counts, scope, set(staged))
+    fingerprint = _fingerprint(changes, counts, changed, reasons, state, scope, extra)
     return Plan(counts, changed, samples, reasons, [], fingerprint, scope, extra=extra, staged=staged,
                 timings=timings)
+
+
+def _scope(desired: Desired, archive_years: tuple | list, archived_write_years: tuple | list) -> dict:
+    return {"years": sorted(desired.years), "establishment_ids": desired.establishment_ids,
+            "allow_delete": desired.allow_delete, "archive_years": sorted(archive_years),
+            "archived_write_years": sorted(archived_write_years)}
+
+
+def _live_binding(con: Any, counts: dict, scope: dict, staged: set[str]) -> tuple[dict, dict]:
+    """(extra, state): the rows to mark archived and the token of every live row the plan read."""
+    years = sorted(set(scope["years"]) | {y for c in counts.values() for y in c} | set(scope["archive_years"]))
+    return {"mark": _mark_counts(con, scope["archive_years"], staged)}, state_token(con, years)
+
+
+def _fingerprint(changes: dict, counts: dict, changed: dict, reasons: dict, state: dict, scope: dict,
+                 extra: dict) -> str:
+    """The classification is a function of the desired rows, the live state the token covers and the
+    scope, so binding those (plus the outcome) binds the plan (docs/ARCHITECTURE.md "Fingerprint")."""
+    return _sha({"desired": changes, "counts": counts, "changed": changed, "refused": reasons, "state": state,
+                 "scope": scope, "extra": extra})
+
+
+# --- a plan kept in its connection, reused by the guard (SPEC.md §9) ----------------------------
+# The runbooks plan, show the plan, then apply in the same session. Planning twice (once to show,
+# once under the guard's lock) cost a third of a realistic import. A plan made with ``keep=True``
+# leaves its plan tables in the session (temp tables: invisible to others, gone at disconnect) with a
+# marker row; the guard reuses them only when, under its lock, the marker is still this plan's and
+# the fingerprint recomputed from the live state equals the approved one. Otherwise it re-plans.
+
+SESSION_TABLE = "vespa_plan_session"
+
+
+def _row_writes(con: Any) -> dict[str, int]:
+    """This backend's not yet reported row writes per permanent table. They include earlier
+    transactions' (statistics are reported lazily), so callers compare two readings in one
+    transaction: nothing is reported while a transaction is open."""
+    return {r[0]: int(r[1]) for r in run(con, "SELECT schemaname || '.' || relname, n_tup_ins + n_tup_upd + "
+                                              "n_tup_del FROM pg_stat_xact_user_tables "
+                                              "WHERE schemaname !~ '^pg_temp'")}
+
+
+def reuse_kept(con: Any, planned: Plan | None, desired: Desired, *, approve: str, archived_write_years: tuple | list
+               = (), archive_years: tuple | list = ()) -> Plan | None:
+    """``planned`` when its kept plan tables are still valid in this transaction (see above), else None.
+    Call under the guard's lock, inside its write transaction. Read-only."""
+    from vespa_lib.migrations import pending
+
+    if planned is None or planned.session is None or planned.fingerprint != approve or planned.migrations \
+            or dialect_of(con) != "postgres" or scalar(con, "SELECT to_regclass(?)", [f"pg_temp.{SESSION_TABLE}"]) \
+            is None or scalar(con, f"SELECT key FROM {SESSION_TABLE}") != planned.session or pending(con):
+        return None
+    scope = _scope(desired, archive_years, archived_write_years)
+    changes = {s.name: desired_facts(desired, s)["digest"] for s in SPECS if s.name in desired.tables}
+    extra, state = _live_binding(con, planned.counts_by_table, scope, set(planned.staged))
+    if _fingerprint(changes, planned.counts_by_table, planned.changed_columns, planned.refused_reasons, state, scope,
+                    extra) != planned.fingerprint:
+        return None
+    _session_settings(con)
+    run(con, f"DROP TABLE {SESSION_TABLE}")  # applied once: a second apply re-plans
+    return planned
 
 
 def _with_unchanged(counts: dict[str, dict[str, int]], proven: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -744,11 +805,28 @@ def rolled_back(con: Any) -> Iterator[None]:
 
 
 def plan_changes(con: Any, desired: Desired, *, archived_write_years: tuple | list = (),
-                 archive_years: tuple | list = ()) -> Plan:
-    """Plan applying ``desired`` (SPEC.md §7.1). Read-only: staging is rolled back."""
-    with rolled_back(con):
-        return stage_and_classify(con, desired, archived_write_years=archived_write_years,
-                                  archive_years=archive_years)
+                 archive_years: tuple | list = (), keep: bool = False) -> Plan:
+    """Plan applying ``desired`` (SPEC.md §7.1). Read-only: staging is rolled back.
+
+    ``keep`` (PostgreSQL): the plan tables stay in this connection for ``reuse_kept``; the planning
+    transaction then commits, after checking it wrote to no permanent table (else it rolls back)."""
+    kw = {"archived_write_years": archived_write_years, "archive_years": archive_years}
+    if not keep or dialect_of(con) != "postgres":
+        with rolled_back(con):
+            return stage_and_classify(con, desired, **kw)
+    import uuid  # noqa: PLC0415
+
+    with con.transaction():
+        before = _row_writes(con)
+        plan = stage_and_classify(con, desired, **kw)
+        wrote = sorted(t for t, n in _row_writes(con).items() if n > before.get(t, 0))
+        if wrote:
+            raise VespaError(f"Planning wrote to {wrote}, so it was rolled back: planning must be read-only. "
+                             "This is a bug in vespa_lib.plan; report it with the plan's parameters.")
+        if not plan.migrations:
+            plan.session = uuid.uuid4().hex
+            run(con, f"CREATE TEMP TABLE {SESSION_TABLE} AS SELECT CAST(? AS TEXT) AS key", [plan.session])
+    return plan
 
 
 def sha(obj: Any) -> str:

@@ -160,7 +160,7 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     relabels = kept.pop("_relabels")
     tables = {t: sync_checks.concat(tables[t], kept[t]) for t in TABLES}
     desired = planmod.Desired(tables, years=labels, establishment_ids=est_ids, allow_delete=True)
-    plan = planmod.plan_changes(con, desired)
+    plan = planmod.plan_changes(con, desired, keep=True)  # reused by apply_sync when still valid
     archived = planmod.archived_years(con)
     drift = sync_checks.drift(con, desired, labels, anchored)
     checks = sync_checks.proofs(con, src, rows, desired, plan, drift, labels=labels, archived=archived,
@@ -308,7 +308,7 @@ def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str,
         approval = sp.fingerprint if approve == "policy" else approve
         if dialect_of(con) == "duckdb" and sp.totals()["students"]["delete"]:
             approval = _children_first(con, sp, approval, run_id, guard_kw)
-        result = apply_plan(con, sp.desired, approve=approval, run_id=run_id, **guard_kw)
+        result = apply_plan(con, sp.desired, approve=approval, run_id=run_id, planned=sp.plan, **guard_kw)
     except VespaError as exc:
         record_run(con, sp, status="failed", error=str(exc), **common)
         raise
