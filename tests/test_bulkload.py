@@ -10,7 +10,7 @@ tests/test_crash.py.
 from __future__ import annotations
 
 import pytest
-from test_plan import EST_A, OLD, apply, connect, desired, migrate, students
+from test_plan import EST_A, OLD, QUESTIONS, apply, connect, desired, migrate, students
 
 from vespa_lib import bulkload
 from vespa_lib.errors import ValidationFailed
@@ -75,10 +75,13 @@ def test_thresholds(inserts, before, bulk):
 
 
 def test_bulk_apply_writes_what_the_ordinary_path_writes(pg, pg_server, lowered):
-    want = desired(students(OLD, EST_A, 40), cycles=(1, 2))
+    earlier, want = desired(students(OLD, EST_A, 10), cycles=(1,)), desired(students(OLD, EST_A, 40), cycles=(1, 2))
+    apply(pg, earlier, "earlier")  # rows that exist, unarchived, before the archiving load
     before = _definitions(pg)
-    result = apply(pg, want, "bulk")
+    result = apply(pg, want, "bulk", archive_years=[OLD])
     assert result.applied["bulk_tables"] == ["question_responses", "students", "vespa_scores"]
+    assert result.applied["marked"]["question_responses"] == 10 * len(QUESTIONS)  # marked in the bulk window
+    assert pg.execute("SELECT count(*) FROM question_responses WHERE NOT is_archived").fetchone()[0] == 0
     assert _definitions(pg) == before  # same names, same definitions, the foreign index included
     assert plan_changes(pg, want).is_empty
     create_database_on(pg_server, "ordinary_twin")
@@ -87,7 +90,8 @@ def test_bulk_apply_writes_what_the_ordinary_path_writes(pg, pg_server, lowered)
         migrate(twin)
         twin.execute(FOREIGN_INDEX)
         bulkload.MIN_ROWS = 10**12  # the monkeypatch restores it
-        assert apply(twin, want, "ordinary").applied["bulk_tables"] == []
+        apply(twin, earlier, "earlier")
+        assert apply(twin, want, "ordinary", archive_years=[OLD]).applied["bulk_tables"] == []
         assert _content(twin) == _content(pg)
         assert _definitions(twin) == before
         twin.close()

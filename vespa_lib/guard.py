@@ -273,10 +273,12 @@ def _refuse_duck_limits(con: Any, plan: Plan) -> None:
 
 
 def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[str, float],
-           bulk: list[str] = ()) -> dict:
+           bulk: list[str] = (), archive: list[str] = (), early: dict[str, int] | None = None) -> dict:
     """Backups, then deletes (children first), inserts and updates (students first). Counts per table.
 
-    Tables in ``bulk`` are updated first, then loaded with their keys rebuilt (vespa_lib.bulkload)."""
+    Tables in ``bulk`` are updated first, then loaded with their keys rebuilt (vespa_lib.bulkload);
+    their existing rows of the ``archive`` years are marked then too (counts into ``early``)."""
+    early = {} if early is None else early
     # tables the planner found unchanged by digest have no plan table: nothing to back up or write
     present = [s for s in SPECS if s.name in plan.staged]
     applied: dict[str, dict[str, int]] = {t: dict.fromkeys(("insert", "update", "delete"), 0)
@@ -300,6 +302,8 @@ def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[s
                 continue
             applied[spec.name]["update"] = _update(con, spec, cols)  # by id, while the key exists
             with keys_rebuilt(con, spec.name):
+                if archive:  # the existing rows of the archived years: no index to maintain right now
+                    early[spec.name] = _mark_rows(con, run_id, spec.name, archive)
                 applied[spec.name]["insert"] = _insert(con, spec, cols, marked, run_id)
                 crash_point("merge")  # killed here, with the keys dropped: the rollback restores them
     return applied
@@ -354,19 +358,25 @@ def _snapshot_stats(con: Any, run_id: str, years: list[str]) -> None:
         _backup_rows(con, run_id, table, f"t.academic_year IN {in_list(years)}", list(years), "delete")
 
 
-def _mark_archived(con: Any, run_id: str, years: list[str], snapshot: list[str]) -> dict:
-    """Set is_archived on every row of the years this run archives, and in academic_years."""
-    marked = {}
+def _mark_rows(con: Any, run_id: str, table: str, years: list[str]) -> int:
+    """Back up and mark archived the unmarked rows of ``years`` in one table. Writes."""
+    where = f"t.academic_year IN {in_list(years)} AND NOT t.is_archived"
+    if table not in STATS_TABLES:  # statistics pre-images are the whole-year snapshot
+        # rows this run updated are backed up already (their pre-image); inserted rows arrive marked
+        _backup_rows(con, run_id, table, where + f" AND NOT EXISTS (SELECT 1 FROM {OPS_SCHEMA}.backup_{table} b "
+                     "WHERE b._run_id = ? AND b._op = 'update' AND b.id = t.id)", [*years, run_id], "update")
+    return run(con, f"UPDATE {table} SET is_archived = true WHERE academic_year IN {in_list(years)} "
+                    "AND NOT is_archived", list(years))[0][0]
+
+
+def _mark_archived(con: Any, run_id: str, years: list[str], early: dict[str, int]) -> dict:
+    """Set is_archived on every row of the years this run archives, and in academic_years.
+
+    ``early``: rows already marked by ``_merge`` (bulk tables, marked while their keys were dropped)."""
+    marked = dict(early)
     for table in ARCHIVED_TABLES:
-        if table == "academic_years":
-            continue
-        where = f"t.academic_year IN {in_list(years)} AND NOT t.is_archived"
-        if table not in STATS_TABLES:  # statistics pre-images are the whole-year snapshot
-            # rows this run updated are backed up already (their pre-image); inserted rows arrive marked
-            _backup_rows(con, run_id, table, where + f" AND NOT EXISTS (SELECT 1 FROM {OPS_SCHEMA}.backup_{table} b "
-                         "WHERE b._run_id = ? AND b._op = 'update' AND b.id = t.id)", [*years, run_id], "update")
-        marked[table] = run(con, f"UPDATE {table} SET is_archived = true WHERE academic_year IN {in_list(years)} "
-                                 "AND NOT is_archived", list(years))[0][0]
+        if table != "academic_years" and table not in early:
+            marked[table] = _mark_rows(con, run_id, table, years)
     for year in years:
         where = "t.academic_year = ?"
         if _backup_rows(con, run_id, "academic_years", where, [year], "update"):
@@ -447,12 +457,13 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
         with timed(timings, "backup"):
             _snapshot_stats(con, run_id, stats_years)
     bulk = bulk_tables(con, plan, before) if before is not None else []
-    applied = _merge(con, plan, run_id, marked_years, timings, bulk)
+    early: dict[str, int] = {}
+    applied = _merge(con, plan, run_id, marked_years, timings, bulk, archive_years, early)
     with timed(timings, "statistics"):
         if hook is not None and changed:
             hook(con, dialect_of(con), sorted(set(changed) | set(archive_years)), desired.establishment_ids)
     with timed(timings, "archive_markers"):
-        marked = _mark_archived(con, run_id, archive_years, stats_years) if archive_years else {}
+        marked = _mark_archived(con, run_id, archive_years, early) if archive_years else {}
     with timed(timings, "check_counts"):
         _check_counts(plan, applied, before or {}, _year_counts(con) if before is not None else {})
     for table, n in plan.extra.get("mark", {}).items():

@@ -282,12 +282,16 @@ def _check_unique(desired: Desired, spec: TableSpec) -> None:
 # --- classification ------------------------------------------------------------------------------
 
 
-def live_sql(spec: TableSpec, cols: list[str], years: list[str] | None = None) -> str:
+def live_sql(spec: TableSpec, cols: list[str], years: list[str] | None = None, emails_of: str | None = None) -> str:
     """The live table projected on natural keys: lid, keys, l_est, compared columns; only the rows of
-    ``years`` when given (one ``?`` per year, in order)."""
+    ``years`` when given (one ``?`` per year, in order) and of students whose email is in table
+    ``emails_of`` when given (a few staged students are then found by index, not by a scan)."""
     compared = ", ".join(f"t.{q(c)}" for c in cols if c not in spec.keys)
     compared = ", " + compared if compared else ""
     where = f" WHERE t.academic_year IN {_in(years) if years else '(NULL)'}" if years is not None else ""
+    if emails_of:
+        where += f"{' AND' if where else ' WHERE'} {'t' if not spec.via_student else 's'}.email IN " \
+                 f"(SELECT x.email FROM {emails_of} x)"
     if not spec.via_student:
         return (f"SELECT t.id AS lid, t.email, t.academic_year, t.establishment_id AS l_est{compared} "
                 f"FROM students t{where}")
@@ -333,7 +337,8 @@ def _classify(con: Any, spec: TableSpec, cols: list[str], desired: Desired, lock
              f"ELSE {refusal} END AS refused FROM (SELECT {keys}, l.lid, CAST({d_est} AS TEXT) AS d_est, "
              f"CAST(l.l_est AS TEXT) AS l_est, {_has_student(spec)} AS has_student, CASE WHEN l.lid IS NULL THEN "
              f"'insert' WHEN {differs} THEN 'update' ELSE 'unchanged' END AS op{flags}{values} "
-             f"FROM vespa_stage_{spec.name} d LEFT JOIN ({live_sql(spec, cols, staged_years)}) l ON {on} {joins}) c",
+             f"FROM vespa_stage_{spec.name} d LEFT JOIN ({live_sql(spec, cols, staged_years, f'vespa_stage_{spec.name}')}) "
+             f"l ON {on} {joins}) c",
         [*params, *(staged_years or [])])
     if desired.allow_delete:
         _plan_deletes(con, spec, cols, desired, proven)
@@ -348,7 +353,8 @@ def _in(values: list) -> str:
 def _plan_deletes(con: Any, spec: TableSpec, cols: list[str], desired: Desired, proven: list[str] = ()) -> None:
     """Live rows of the scope's years and establishments that the desired set lacks (F16: scope only).
 
-    Years in ``proven`` hold exactly the desired rows (not staged): nothing is deleted there."""
+    Years in ``proven`` hold exactly the desired rows (not staged): nothing is deleted there; nor in
+    the student groups proven unchanged (``vespa_proven_<table>``, from ``_stage_groups``)."""
     keys = ", ".join(q(k) for k in spec.keys)
     on = " AND ".join(f"d.{q(k)} = l.{q(k)}" for k in spec.keys)
     years = [y for y in desired.years if y not in proven]
@@ -359,7 +365,27 @@ def _plan_deletes(con: Any, spec: TableSpec, cols: list[str], desired: Desired, 
     run(con, f"INSERT INTO vespa_plan_{spec.name} ({keys}, lid, l_est, op) "
              f"SELECT {', '.join('l.' + q(k) for k in spec.keys)}, l.lid, CAST(l.l_est AS TEXT), 'delete' "
              f"FROM ({live_sql(spec, cols)}) l WHERE {where} "
-             f"AND NOT EXISTS (SELECT 1 FROM vespa_stage_{spec.name} d WHERE {on})", params)
+             f"AND NOT EXISTS (SELECT 1 FROM vespa_stage_{spec.name} d WHERE {on}) "
+             f"AND NOT EXISTS (SELECT 1 FROM vespa_proven_{spec.name} g WHERE g.email = l.email "
+             "AND g.academic_year = l.academic_year)", params)
+
+
+def _stage_groups(con: Any, spec: TableSpec, groups: pa.Table | None) -> None:
+    """Temp table ``vespa_proven_<table>`` (email, academic_year): the groups the fast path proved
+    unchanged, whose rows are desired although not staged (``_plan_deletes`` keeps them)."""
+    name = f"vespa_proven_{spec.name}"
+    run(con, f"DROP TABLE IF EXISTS {name}")
+    if groups is None:
+        groups = pa.table({"email": pa.array([], pa.string()), "academic_year": pa.array([], pa.string())})
+    if dialect_of(con) == "duckdb":
+        con.register("vespa_groups_in", groups)
+        run(con, f"CREATE TEMP TABLE {name} AS SELECT CAST(email AS TEXT) AS email, "
+                 "CAST(academic_year AS TEXT) AS academic_year FROM vespa_groups_in")
+        con.unregister("vespa_groups_in")
+        return
+    run(con, f"CREATE TEMP TABLE {name} (email TEXT, academic_year TEXT) ON COMMIT DROP")
+    _copy_csv(con, name, ["email", "academic_year"], groups.select(["email", "academic_year"]), None)
+    _analyze(con, name)
 
 
 def _refusal(spec: TableSpec, desired: Desired, locked_years: list[str]) -> tuple[str, list]:
@@ -567,36 +593,45 @@ def _copy_out(con: Any, select: str, params: list, names: list[str]) -> pa.Table
 _GROUP = ("academic_year", "email")
 
 
-def _unchanged_groups(con: Any, spec: TableSpec, desired: Desired) -> tuple[dict[str, int], pa.Table]:
-    """({year: rows proven unchanged}, desired rows left to stage): the student groups (year, email)
-    whose live rows are exactly their desired rows are unchanged and need no staging. Read-only.
-
-    Only without deletes: live students the snapshot lacks are then kept as they are (SPEC.md §7.1),
-    so they need no comparison at all, and a proven group can produce no delete."""
-    table = desired.tables[spec.name]
+def _unchanged_groups(con: Any, spec: TableSpec, table: pa.Table) -> tuple[dict[str, int], pa.Table, pa.Table | None]:
+    """({year: rows proven unchanged}, desired rows left to stage, proven groups): the student groups
+    (year, email) whose live rows are exactly their desired rows are unchanged and need no staging.
+    Read-only. A proven group can produce no delete either: all its live rows are desired."""
     cols = _stage_columns(spec, table)
-    import pyarrow.compute as pc  # noqa: PLC0415
-
-    years = sorted(y for y in pc.unique(pc.cast(table["academic_year"], pa.string())).to_pylist() if y is not None)
+    years = _years_of(table)
     live = _live_rows(con, spec, cols, years) if years else None
     if live is None or not live.num_rows:
-        return {}, table
+        return {}, table, None
     split = unchanged_groups(table.select(cols), list(spec.keys), [(c, spec.types[c]) for c in cols], live)
     if split is None:
-        return {}, table
-    proven, rest = split
-    return proven, table.take(rest)
+        return {}, table, None
+    proven, rest, groups = split
+    return proven, table.take(rest), groups
 
 
-def _fast_split(con: Any, spec: TableSpec, desired: Desired) -> tuple[dict[str, int], pa.Table]:
-    """({year: rows proven unchanged}, rows left to stage): by student group without deletes, by
-    whole year with deletes (a delete needs the complete desired slice of its year staged)."""
+@dataclass
+class _Split:
+    """What the fast path proved for one table before staging."""
+
+    proven: dict[str, int]  # {year: rows proven unchanged}
+    rest: pa.Table  # desired rows left to stage and classify
+    whole_years: list[str]  # years whose live slice equals their desired rows (deletes: none there)
+    groups: pa.Table | None  # proven (email, academic_year) groups (deletes: none of their rows)
+
+
+def _fast_split(con: Any, spec: TableSpec, desired: Desired) -> _Split:
+    """By student group; with deletes, first by whole year (one digest), then by group in the others."""
+    table = desired.tables[spec.name]
     if not FAST_NOOP:
-        return {}, desired.tables[spec.name]
+        return _Split({}, table, [], None)
     if not desired.allow_delete:
-        return _unchanged_groups(con, spec, desired)
-    proven = _unchanged_years(con, spec, desired)
-    return proven, _without_years(desired.tables[spec.name], proven)
+        proven, rest, groups = _unchanged_groups(con, spec, table)
+        return _Split(proven, rest, [], groups)
+    whole = _unchanged_years(con, spec, desired)
+    proven, rest, groups = _unchanged_groups(con, spec, _without_years(table, whole))
+    for year, n in whole.items():
+        proven[year] = proven.get(year, 0) + n
+    return _Split(proven, rest, sorted(whole), groups)
 
 
 def _years_of(table: pa.Table) -> list[str]:
@@ -679,18 +714,20 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
             _check_unique(desired, spec)
             changes[spec.name] = desired_facts(desired, spec)["digest"]
         with timed(timings, f"fast.{spec.name}"):
-            proven, rest = _fast_split(con, spec, desired)
+            split = _fast_split(con, spec, desired)
+            proven, rest = split.proven, split.rest
         if proven and not rest.num_rows and not desired.allow_delete:  # the result classification would give
             counts[spec.name], changed[spec.name], samples[spec.name] = _with_unchanged({}, proven), [], []
             reasons[spec.name] = {}
             if spec.name == "students":
                 _empty_student_plan(con)
             continue
-        with timed(timings, f"stage.{spec.name}"):  # only the years not proven unchanged
+        with timed(timings, f"stage.{spec.name}"):  # only the groups not proven unchanged
             cols = staged[spec.name] = _stage(con, dialect, spec, rest, on_chunk)
+            if desired.allow_delete:
+                _stage_groups(con, spec, split.groups)
         with timed(timings, f"classify.{spec.name}"):
-            _classify(con, spec, cols, desired, locked, sorted(proven) if desired.allow_delete else [],
-                      _years_of(rest))
+            _classify(con, spec, cols, desired, locked, split.whole_years, _years_of(rest))
         with timed(timings, f"summarise.{spec.name}"):
             counts[spec.name] = _with_unchanged(_counts(con, spec), proven)
             changed[spec.name] = _changed_columns(con, spec, cols)
@@ -779,11 +816,16 @@ def _mark_counts(con: Any, archive_years: list[str], planned: set[str]) -> dict[
         return {}
     out = {}
     for spec in SPECS:
-        skip = (f" AND id NOT IN (SELECT lid FROM vespa_plan_{spec.name} WHERE op = 'delete' AND refused IS NULL)"
-                if spec.name in planned else "")
-        out[spec.name] = scalar(con, f"SELECT count(*) FROM {spec.name} WHERE academic_year IN "
-                                     f"{_in(archive_years)} AND NOT is_archived{skip}", list(archive_years))
+        condition, params = _unmarked(spec.name, archive_years, planned)
+        out[spec.name] = scalar(con, f"SELECT count(*) FROM {spec.name} t WHERE {condition}", params)
     return out
+
+
+def _unmarked(table: str, archive_years: list[str], planned: set[str]) -> tuple[str, list]:
+    """(condition on ``t``, params): unmarked rows of ``archive_years`` the plan does not delete."""
+    skip = (f" AND t.id NOT IN (SELECT lid FROM vespa_plan_{table} WHERE op = 'delete' AND refused IS NULL)"
+            if table in planned else "")
+    return f"t.academic_year IN {_in(archive_years)} AND NOT t.is_archived{skip}", list(archive_years)
 
 
 def _sha(obj: Any) -> str:

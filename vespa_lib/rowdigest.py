@@ -55,15 +55,19 @@ def hash_sums(dialect: str, hash_column: str, *, named: bool = False) -> str:
     return f"count(*){n}, CAST(coalesce(sum({hi}), 0) AS TEXT){h}, CAST(coalesce(sum({lo}), 0) AS TEXT){low}"
 
 
-def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]], live: Any) -> tuple[dict, Any] | None:
+def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]], live: Any
+                     ) -> tuple[dict, Any, Any] | None:
     """Split desired rows by student group (academic_year, email) against the live rows of those groups.
 
     ``table`` and ``live`` (Arrow) both hold ``columns`` ((name, SQL type) pairs; live values may be
     text, both sides are cast to the type); ``keys`` are the natural key columns. A group is proven
-    unchanged when its desired and live rows match one-to-one on the key with equal values.
-    Returns ({year: rows proven unchanged}, indices of the desired rows left to classify), or None
-    when desired keys repeat within a group that has live rows, or a value does not cast (the full
-    path then reports it). Read-only: runs in a private in-memory DuckDB (a join, no hashing: ~10x cheaper than a digest per row)."""
+    unchanged when its desired and live rows are the same multiset of (key, values): equal row counts
+    and equal sums of two 64-bit DuckDB hashes of every typed row (two seeds; a false proof needs both
+    sums to collide within one group). Desired keys must be unique (the planner checks that first).
+    Returns ({year: rows proven unchanged}, indices of the desired rows left to classify, the proven
+    groups as Arrow (email, academic_year)), or None
+    when a value does not cast (the full path then reports it). Read-only: runs in a private in-memory
+    DuckDB; aggregates per group instead of joining a million rows to a million (~3x faster)."""
     import duckdb  # noqa: PLC0415 - only the planner's fast path needs it
     import pyarrow as pa  # noqa: PLC0415
 
@@ -72,23 +76,16 @@ def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]]
         mem.register("vespa_desired", table.append_column("vespa_i", pa.array(range(table.num_rows), pa.int64())))
         mem.register("vespa_live", live)
         cast = ", ".join(f"CAST({_quote(c)} AS {t}) AS {_quote(c)}" for c, t in columns)
-        mem.execute(f"CREATE TEMP TABLE l AS SELECT {cast} FROM vespa_live")
-        # only desired rows of groups that have live rows can be proven (a first import has few)
-        mem.execute(f"CREATE TEMP TABLE d AS SELECT vespa_i, {cast} FROM vespa_desired WHERE (academic_year, email) "
-                    "IN (SELECT DISTINCT CAST(academic_year AS TEXT), CAST(email AS TEXT) FROM l)")
-        distinct = ", ".join(_quote(k) for k in keys)
-        if mem.execute(f"SELECT count(*) = (SELECT count(*) FROM d) FROM (SELECT DISTINCT {distinct} FROM d)"
-                       ).fetchone()[0] is not True:
-            return None
-        on = " AND ".join(f"d.{_quote(k)} = l.{_quote(k)}" for k in keys)
-        equal = " AND ".join(["d.vespa_i IS NOT NULL", "l.email IS NOT NULL", *(
-            f"d.{_quote(c)} IS NOT DISTINCT FROM l.{_quote(c)}" for c, _ in columns if c not in keys)])
-        # one full join: a group is proven when every pair matched with equal values and no desired row
-        # matched twice (a repeated live key); desired keys are unique (checked above)
-        mem.execute("CREATE TEMP TABLE p AS SELECT y, e, n FROM (SELECT coalesce(d.academic_year, l.academic_year) "
-                    "AS y, coalesce(d.email, l.email) AS e, count(DISTINCT d.vespa_i) AS n, count(*) AS pairs, "
-                    f"bool_and({equal}) AS ok FROM d FULL JOIN l ON {on} GROUP BY 1, 2) g WHERE ok AND pairs = n")
+        every = ", ".join(_quote(c) for c, _ in columns)
+        sums = (f"count(*) AS n, sum(CAST(hash({every}) AS HUGEINT)) AS h1, "
+                f"sum(CAST(hash({every}, 'vespa') AS HUGEINT)) AS h2")
+        for side, source in (("l", "vespa_live"), ("d", "vespa_desired")):
+            mem.execute(f"CREATE TEMP TABLE {side} AS SELECT academic_year AS y, email AS e, {sums} "
+                        f"FROM (SELECT {cast} FROM {source}) GROUP BY 1, 2")
+        mem.execute("CREATE TEMP TABLE p AS SELECT d.y, d.e, d.n FROM d JOIN l ON d.y = l.y AND d.e = l.e "
+                    "AND d.n = l.n AND d.h1 = l.h1 AND d.h2 = l.h2")
         years = dict(mem.execute("SELECT y, sum(n) FROM p GROUP BY y").fetchall())
+        groups = mem.sql("SELECT e AS email, y AS academic_year FROM p ORDER BY 2, 1").to_arrow_table()
         rest = mem.sql("SELECT vespa_i FROM vespa_desired d WHERE NOT EXISTS (SELECT 1 FROM p WHERE p.y = "
                        "CAST(d.academic_year AS TEXT) AND p.e = CAST(d.email AS TEXT)) ORDER BY vespa_i"
                        ).to_arrow_table().column(0)
@@ -96,7 +93,7 @@ def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]]
         return None
     finally:
         mem.close()
-    return {y: int(n) for y, n in years.items()}, rest
+    return {y: int(n) for y, n in years.items()}, rest, groups
 
 
 def _quote(name: str) -> str:

@@ -276,7 +276,7 @@ def _write(con: Any, plan: Rollover, run_id: str, info: dict) -> dict:
     changes = ({} if plan.close in guard.archived_years(con)
                else stats.recompute_statistics(con, [plan.close])["changes"])
     guard.crash_point("merge")
-    marked = guard._mark_archived(con, run_id, plan.labels, plan.labels)
+    marked = guard._mark_archived(con, run_id, plan.labels, {})
     _open_next(con, run_id, plan.open, plan.labels)
     wrong = {t: (n, marked.get(t)) for t, n in plan.counts["mark"].items() if marked.get(t) != n}
     if wrong:
