@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 
 from vespa_lib.errors import ValidationFailed, VespaError
 from vespa_lib.privacy import mask_email
-from vespa_lib.rowdigest import hash_expr, hash_sums, unchanged_groups
+from vespa_lib.rowdigest import unchanged_groups
 from vespa_lib.schema import dialect_of, table_columns
 
 __all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "plan_changes", "q", "reuse_kept",
@@ -317,7 +317,7 @@ def _has_student(spec: TableSpec) -> str:
 
 
 def _classify(con: Any, spec: TableSpec, cols: list[str], desired: Desired, locked: list[str],
-              proven: list[str] = (), staged_years: list[str] | None = None) -> None:
+              staged_years: list[str] | None = None) -> None:
     """Create ``vespa_plan_<table>``: one row per desired key (and per delete) with op, refusal, flags
     and the desired values, so the merge, digest and samples read this one table (no re-join).
 
@@ -341,7 +341,7 @@ def _classify(con: Any, spec: TableSpec, cols: list[str], desired: Desired, lock
              f"l ON {on} {joins}) c",
         [*params, *(staged_years or [])])
     if desired.allow_delete:
-        _plan_deletes(con, spec, cols, desired, proven)
+        _plan_deletes(con, spec, cols, desired)
         run(con, f"UPDATE {name} SET refused = {refusal} WHERE op = 'delete'", params)
     _analyze(con, name)
 
@@ -350,14 +350,14 @@ def _in(values: list) -> str:
     return "(" + ", ".join("?" for _ in values) + ")"
 
 
-def _plan_deletes(con: Any, spec: TableSpec, cols: list[str], desired: Desired, proven: list[str] = ()) -> None:
+def _plan_deletes(con: Any, spec: TableSpec, cols: list[str], desired: Desired) -> None:
     """Live rows of the scope's years and establishments that the desired set lacks (F16: scope only).
 
-    Years in ``proven`` hold exactly the desired rows (not staged): nothing is deleted there; nor in
-    the student groups proven unchanged (``vespa_proven_<table>``, from ``_stage_groups``)."""
+    Nothing is deleted in the student groups proven unchanged (``vespa_proven_<table>``, from
+    ``_stage_groups``): their rows are desired although not staged."""
     keys = ", ".join(q(k) for k in spec.keys)
     on = " AND ".join(f"d.{q(k)} = l.{q(k)}" for k in spec.keys)
-    years = [y for y in desired.years if y not in proven]
+    years = list(desired.years)
     where, params = f"l.academic_year IN {_in(years) if years else '(NULL)'}", years
     if desired.establishment_ids is not None:
         where += f" AND CAST(l.l_est AS TEXT) IN {_in(desired.establishment_ids) if desired.establishment_ids else '(NULL)'}"
@@ -480,77 +480,11 @@ def state_token(con: Any, years: list[str]) -> dict[str, str]:
 
 
 # --- no-op fast path (SPEC.md §9: a re-run that finds nothing to do ≤ 5 s) ----------------------
-# Without deletes, the live rows of each desired student group (academic_year, email) are read once
-# (COPY out) and compared in DuckDB; only the groups that differ are staged and classified. With
-# deletes, a whole year is skipped only when its live slice equals its desired rows (md5 digests).
+# The live rows of the desired years are read once (COPY out) and compared with the desired rows per
+# student group (academic_year, email) in DuckDB; only the groups that differ are staged and
+# classified. With deletes, the proven groups are staged as keys only, so no row of theirs is deleted.
 
 FAST_NOOP = True  # tests switch it off to prove the fast path plans exactly what classification plans
-
-
-def _digest_columns(spec: TableSpec, cols: list[str], live: bool) -> list[tuple[str, str]]:
-    """(expression, type) of the compared key and value columns, live (``t``/``s``) or desired."""
-    def expr(c: str) -> str:
-        if not live:
-            return f"CAST({q(c)} AS {spec.types[c]})"
-        return f"s.{q(c)}" if spec.via_student and c == "email" else f"t.{q(c)}"
-    return [(expr(c), spec.types[c]) for c in cols]
-
-
-def _desired_digest(spec: TableSpec, cols: list[str], table: pa.Table) -> dict | None:
-    """{year: (count, sum_hi, sum_lo)} of the desired rows, or None when keys repeat or values do not
-    cast (the full path then reports it)."""
-    import duckdb  # noqa: PLC0415 - the digest runs in a private in-memory DuckDB whatever the target
-
-    mem = duckdb.connect()
-    try:
-        mem.register("vespa_desired", table.select(cols))
-        keys = ", ".join(q(k) for k in spec.keys)
-        if mem.execute(f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM vespa_desired)").fetchone()[0] != \
-                table.num_rows:
-            return None
-        rows = mem.execute(f"SELECT y, {hash_sums('duckdb', 'h')} FROM (SELECT CAST(academic_year AS TEXT) AS y, "
-                           f"{hash_expr('duckdb', _digest_columns(spec, cols, False))} AS h FROM vespa_desired) x "
-                           "GROUP BY y").fetchall()
-    except duckdb.Error:
-        return None
-    finally:
-        mem.close()
-    return {r[0]: tuple(r[1:]) for r in rows}
-
-
-def _live_digest(con: Any, spec: TableSpec, cols: list[str], years: list[str]) -> dict:
-    """{year: (count, sum_hi, sum_lo)} of the live slice of ``years``, rendered like the desired rows."""
-    dialect = dialect_of(con)
-    join = "JOIN students s ON s.id = t.student_id " if spec.via_student else ""
-    rows = run(con, f"SELECT y, {hash_sums(dialect, 'h')} FROM (SELECT t.academic_year AS y, "
-                    f"{hash_expr(dialect, _digest_columns(spec, cols, True))} AS h FROM {spec.name} t {join}"
-                    f"WHERE t.academic_year IN {_in(years)}) x GROUP BY y", years)
-    return {r[0]: (int(r[1]), str(r[2]), str(r[3])) for r in rows}
-
-
-def _unchanged_years(con: Any, spec: TableSpec, desired: Desired) -> dict[str, int]:
-    """{year: rows} of the years whose live slice holds exactly the desired rows of that year: all
-    unchanged, nothing to insert, update, refuse or delete there. Read-only.
-
-    Per year, equal multisets of (keys, compared values) with unique desired keys mean every desired
-    key matches one live row with equal values and no live row of that year lacks a desired one."""
-    table = desired.tables[spec.name]
-    cols = _stage_columns(spec, table)
-    import pyarrow.compute as pc  # noqa: PLC0415
-
-    sizes = {r["values"]: r["counts"] for r in pc.value_counts(pc.cast(table["academic_year"], pa.string())).to_pylist()
-             if r["values"] is not None}
-    if not sizes:
-        return {}
-    years = sorted(sizes)
-    counted = dict(run(con, f"SELECT academic_year, count(*) FROM {spec.name} WHERE academic_year IN {_in(years)} "
-                            "GROUP BY 1", years))  # cheap refusal first: a first import differs in counts
-    same = [y for y in years if counted.get(y) == sizes[y]]
-    want = _desired_digest(spec, cols, table) if same else None
-    if not want:
-        return {}
-    have = _live_digest(con, spec, cols, same)
-    return {y: int(want[y][0]) for y in same if have.get(y) == (int(want[y][0]), str(want[y][1]), str(want[y][2]))}
 
 
 def _live_rows(con: Any, spec: TableSpec, cols: list[str], years: list[str]) -> pa.Table:
@@ -615,23 +549,16 @@ class _Split:
 
     proven: dict[str, int]  # {year: rows proven unchanged}
     rest: pa.Table  # desired rows left to stage and classify
-    whole_years: list[str]  # years whose live slice equals their desired rows (deletes: none there)
     groups: pa.Table | None  # proven (email, academic_year) groups (deletes: none of their rows)
 
 
 def _fast_split(con: Any, spec: TableSpec, desired: Desired) -> _Split:
-    """By student group; with deletes, first by whole year (one digest), then by group in the others."""
+    """By student group, with or without deletes (a proven group's live rows are all desired)."""
     table = desired.tables[spec.name]
     if not FAST_NOOP:
-        return _Split({}, table, [], None)
-    if not desired.allow_delete:
-        proven, rest, groups = _unchanged_groups(con, spec, table)
-        return _Split(proven, rest, [], groups)
-    whole = _unchanged_years(con, spec, desired)
-    proven, rest, groups = _unchanged_groups(con, spec, _without_years(table, whole))
-    for year, n in whole.items():
-        proven[year] = proven.get(year, 0) + n
-    return _Split(proven, rest, sorted(whole), groups)
+        return _Split({}, table, None)
+    proven, rest, groups = _unchanged_groups(con, spec, table)
+    return _Split(proven, rest, groups)
 
 
 def _years_of(table: pa.Table) -> list[str]:
@@ -639,15 +566,6 @@ def _years_of(table: pa.Table) -> list[str]:
     import pyarrow.compute as pc  # noqa: PLC0415
 
     return sorted(y for y in pc.unique(pc.cast(table["academic_year"], pa.string())).to_pylist() if y is not None)
-
-
-def _without_years(table: pa.Table, years: dict[str, int]) -> pa.Table:
-    if not years:
-        return table
-    import pyarrow.compute as pc  # noqa: PLC0415
-
-    keep = pc.invert(pc.is_in(pc.cast(table["academic_year"], pa.string()), pa.array(sorted(years))))
-    return table.filter(pc.fill_null(keep, True))
 
 
 def _empty_student_plan(con: Any) -> None:
@@ -727,7 +645,7 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
             if desired.allow_delete:
                 _stage_groups(con, spec, split.groups)
         with timed(timings, f"classify.{spec.name}"):
-            _classify(con, spec, cols, desired, locked, split.whole_years, _years_of(rest))
+            _classify(con, spec, cols, desired, locked, _years_of(rest))
         with timed(timings, f"summarise.{spec.name}"):
             counts[spec.name] = _with_unchanged(_counts(con, spec), proven)
             changed[spec.name] = _changed_columns(con, spec, cols)

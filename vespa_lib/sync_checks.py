@@ -77,6 +77,8 @@ def concat(desired: pa.Table, extra: pa.Table | None) -> pa.Table:
 
 # --- database slices -----------------------------------------------------------------------------
 
+# Scores and answers carry their student's establishment id only (its knack id is looked up once, per
+# student, where needed): a million answer rows each carrying a 24-character knack id cost ~1 s of COPY.
 _SLICE = {
     "students": ("SELECT lower(s.email) AS email, s.academic_year, CAST(s.knack_id AS TEXT) AS knack_id, s.name, "
                  "CAST(s.establishment_id AS TEXT) AS establishment_id, s.year_group, s.course, s.faculty, "
@@ -85,14 +87,12 @@ _SLICE = {
     "vespa_scores": ("SELECT lower(s.email) AS email, t.academic_year, CAST(t.cycle AS TEXT) AS cycle, "
                      + ", ".join(f"CAST(t.{e} AS TEXT) AS {e}" for e in ELEMENTS)
                      + ", CAST(t.completion_date AS TEXT) AS completion_date, "
-                     "CAST(s.establishment_id AS TEXT) AS establishment_id, e.knack_id AS est "
-                     "FROM vespa_scores t JOIN students s ON s.id = t.student_id "
-                     "LEFT JOIN establishments e ON e.id = s.establishment_id"),
+                     "CAST(s.establishment_id AS TEXT) AS establishment_id "
+                     "FROM vespa_scores t JOIN students s ON s.id = t.student_id"),
     "question_responses": ("SELECT lower(s.email) AS email, t.academic_year, CAST(t.cycle AS TEXT) AS cycle, "
                            "t.question_id, CAST(t.response_value AS TEXT) AS response_value, "
-                           "CAST(s.establishment_id AS TEXT) AS establishment_id, e.knack_id AS est "
-                           "FROM question_responses t JOIN students s ON s.id = t.student_id "
-                           "LEFT JOIN establishments e ON e.id = s.establishment_id"),
+                           "CAST(s.establishment_id AS TEXT) AS establishment_id "
+                           "FROM question_responses t JOIN students s ON s.id = t.student_id"),
 }
 
 
@@ -240,8 +240,8 @@ def _diff(dc: duckdb.DuckDBPyConnection, table: str) -> None:
                CASE WHEN l.email IS NULL THEN 'missing' WHEN d.email IS NULL THEN 'extra'
                     WHEN len(list_filter([{flags}], lambda x: x IS NOT NULL)) > 0 THEN 'changed' ELSE 'unchanged' END AS kind,
                list_filter([{flags}], lambda x: x IS NOT NULL) AS changed
-        FROM (SELECT *, canon(academic_year) AS cy FROM d_{table}) d
-        FULL JOIN (SELECT *, canon(academic_year) AS cy FROM l_{table}) l ON {on}""")
+        FROM (SELECT x.*, m.cy FROM d_{table} x LEFT JOIN canon_map m ON m.label = x.academic_year) d
+        FULL JOIN (SELECT x.*, m.cy FROM l_{table} x LEFT JOIN canon_map m ON m.label = x.academic_year) l ON {on}""")
 
 
 def drift(con: Any, desired: Any, labels: list[str], anchored: list[tuple[str, str]] = ()) -> Drift:
@@ -253,7 +253,6 @@ def drift(con: Any, desired: Any, labels: list[str], anchored: list[tuple[str, s
     canon = {label: years.canonical(label) for label in labels}
     dc.execute("CREATE TABLE canon_map AS SELECT * FROM (VALUES " + ", ".join(["(?, ?)"] * len(canon))
                + ") v(label, cy)", [x for kv in canon.items() for x in kv])
-    dc.execute("CREATE MACRO canon(x) AS (SELECT cy FROM canon_map WHERE label = x)")
     ests = fetch_arrow(con, "SELECT CAST(id AS TEXT) AS id, knack_id FROM establishments")
     dc.register("ests", ests)
     for table in KEYS:
@@ -272,13 +271,16 @@ def drift(con: Any, desired: Any, labels: list[str], anchored: list[tuple[str, s
 
 
 def _drift_frames(dc: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    est = ("coalesce((SELECT knack_id FROM ests WHERE id = x.l_est_id), (SELECT e.knack_id FROM ests e "
-           "JOIN d_students s ON s.establishment_id = e.id WHERE s.email = x.email AND canon(s.academic_year) = x.cy))")
+    # the live row's establishment, else the desired student's (one knack id per email and year)
+    dc.execute("CREATE TABLE d_est AS SELECT s.email, m.cy, min(e.knack_id) AS knack_id FROM d_students s "
+               "JOIN canon_map m ON m.label = s.academic_year JOIN ests e ON e.id = s.establishment_id GROUP BY 1, 2")
     parts = []
     for table in KEYS:
-        cycle = "CAST(cycle AS INTEGER)" if table != "students" else "CAST(NULL AS INTEGER)"
-        parts.append(f"SELECT '{table}' AS \"table\", email, cy AS academic_year, {est} AS establishment, "
-                     f"{cycle} AS cycle, kind, changed, l_est_id FROM x_{table} x")
+        cycle = "CAST(x.cycle AS INTEGER)" if table != "students" else "CAST(NULL AS INTEGER)"
+        parts.append(f"SELECT '{table}' AS \"table\", x.email, x.cy AS academic_year, "
+                     f"coalesce(le.knack_id, de.knack_id) AS establishment, {cycle} AS cycle, x.kind, x.changed, "
+                     f"x.l_est_id FROM x_{table} x LEFT JOIN ests le ON le.id = x.l_est_id "
+                     "LEFT JOIN d_est de ON de.email = x.email AND de.cy = x.cy")
     dc.execute(f"CREATE TABLE drift_rows AS {' UNION ALL '.join(parts)}")
     rows = dc.sql("SELECT * FROM drift_rows WHERE kind <> 'unchanged'").df()
     summary = dc.sql("""SELECT "table", establishment, cycle, kind, count(*) AS rows,
