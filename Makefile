@@ -7,10 +7,10 @@ DEMO   ?= data/demo
 KERNEL := vespa
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint lab bench clean
+.PHONY: help install demo test lint lab bench bench-sync clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ lab: $(STAMP)  ## open JupyterLab on notebooks/ with the project kernel
 
 bench: $(STAMP)  ## benchmark at realistic scale (SPEC §9); BENCH_ARGS="--scale 10" for 10x
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+bench-sync: $(STAMP)  ## benchmark the nightly sync_check at realistic scale (issue 5: plan + apply <= 30 s)
+	$(PY) scripts/bench_sync.py
 
 clean:  ## remove generated data and the virtual environment (outputs/ is kept: it is evidence)
 	rm -rf $(VENV) data .pytest_cache .ruff_cache
