@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 from test_plan import CUR, EST_A, OLD, apply, connect, desired, migrate, open_target, students
 
@@ -59,7 +60,11 @@ def test_apply_then_repeat_changes_nothing_and_ledger_has_counts(con, tmp_path):
                                          "FROM vespa_ops.ledger WHERE run_id = 'r1'").fetchone()
     assert status == "applied" and json.loads(counts)["applied"]["students"]["insert"] == 3
     assert "pw" not in params and json.loads(params)["snapshot"] == "x"
-    assert (tmp_path / "bk" / "backup_students.parquet").exists()
+    for table in ("students", "vespa_scores", "question_responses"):  # the evidence copy holds every backup row
+        copy = pq.read_table(tmp_path / "bk" / f"backup_{table}.parquet")
+        ids = {str(r[0]) for r in con.execute(f"SELECT id FROM vespa_ops.backup_{table} WHERE _run_id = 'r1'").fetchall()}
+        assert set(copy.column("id").to_pylist()) == ids and copy.num_rows == len(ids)
+        assert set(copy.column("_op").to_pylist()) == {"insert"}
 
 
 def test_update_backs_up_pre_image_and_undo_restores_exact_checksums(con):

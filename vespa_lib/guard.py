@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vespa_lib.bulkload import is_bulk, keys_rebuilt
@@ -47,6 +46,7 @@ from vespa_lib.plan import (
     Plan,
     archived_years,
     checksum_expr,
+    copy_out,
     in_list,
     live_sql,
     plan_changes,
@@ -203,19 +203,25 @@ def _inserted_ids(spec: Any) -> str:
 
 
 def _write_parquet(con: Any, run_id: str, backup_dir: Path | None) -> list[str]:
-    """Evidence copy of this run's backup rows (SPEC.md §7.3: inside the database and in evidence)."""
+    """Evidence copy of this run's backup rows (SPEC.md §7.3: inside the database and in evidence),
+    every value as text. Set-based: ``COPY ... TO STDOUT`` into Arrow on PostgreSQL (a million
+    inserted answers took ~20 s through a Python loop), Arrow directly on DuckDB."""
     if backup_dir is None:
         return []
     backup_dir.mkdir(parents=True, exist_ok=True)
     files = []
     for table in [s.name for s in SPECS] + list(STATS_TABLES) + ["academic_years"]:
-        cur_cols = [c["name"] for c in table_columns(con, f"backup_{table}", OPS_SCHEMA)]
-        rows = run(con, f"SELECT * FROM {OPS_SCHEMA}.backup_{table} WHERE _run_id = ?", [run_id])
-        if not rows:
+        cols = [c["name"] for c in table_columns(con, f"backup_{table}", OPS_SCHEMA)]
+        select = (f"SELECT {', '.join(f'CAST({q(c)} AS TEXT) AS {q(c)}' for c in cols)} "
+                  f"FROM {OPS_SCHEMA}.backup_{table} WHERE _run_id = ?")
+        if dialect_of(con) == "postgres":
+            data = copy_out(con, select, [run_id], cols)
+        else:
+            data = con.sql(select, params=[run_id]).to_arrow_table()
+        if not data.num_rows:
             continue
-        data = {c: [str(r[i]) if r[i] is not None else None for r in rows] for i, c in enumerate(cur_cols)}
         path = backup_dir / f"backup_{table}.parquet"
-        pq.write_table(pa.table(data), path)
+        pq.write_table(data, path)
         files.append(str(path))
     return files
 

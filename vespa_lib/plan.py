@@ -35,7 +35,8 @@ from vespa_lib.privacy import mask_email
 from vespa_lib.rowdigest import unchanged_groups
 from vespa_lib.schema import dialect_of, table_columns
 
-__all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "plan_changes", "q", "reuse_kept",
+__all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "copy_out", "plan_changes", "q",
+           "reuse_kept",
            "row_text_expr", "run", "scalar", "stage_and_classify"]
 
 OPS = ("insert", "update", "unchanged", "delete", "refused")
@@ -503,14 +504,14 @@ def _live_rows(con: Any, spec: TableSpec, cols: list[str], years: list[str]) -> 
     exprs = ["t.student_id" if n == "student_id" else e for n, e in zip(names, exprs, strict=True)]
     select = ", ".join(f"to_char({e}, 'YYYY-MM-DD')" if spec.types.get(c) == "DATE" else f"CAST({e} AS TEXT)"
                        for e, c in zip(exprs, names, strict=True))
-    live = _copy_out(con, f"SELECT {select} FROM {spec.name} t WHERE t.academic_year IN {_in(years)}", years, names)
+    live = copy_out(con, f"SELECT {select} FROM {spec.name} t WHERE t.academic_year IN {_in(years)}", years, names)
     if not spec.via_student:
         return live
-    ids = _copy_out(con, "SELECT CAST(id AS TEXT), email FROM students", [], ["student_id", "email"])
+    ids = copy_out(con, "SELECT CAST(id AS TEXT), email FROM students", [], ["student_id", "email"])
     return live.join(ids, "student_id", join_type="inner").select(cols)
 
 
-def _copy_out(con: Any, select: str, params: list, names: list[str]) -> pa.Table:
+def copy_out(con: Any, select: str, params: list, names: list[str]) -> pa.Table:
     """Rows of a PostgreSQL query as Arrow text columns over ``COPY ... TO STDOUT`` (csv; NULL
     unquoted, empty text quoted, so they stay apart). Read-only."""
     buf = io.BytesIO()
