@@ -17,7 +17,6 @@ the throw-away cluster.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -28,16 +27,17 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
 import psycopg
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from vespa_lib import importer, schema, synth
 from vespa_lib.guard import apply_plan
 from vespa_lib.localpg import LocalPostgres
+from vespa_lib.plan import copy_in
+from vespa_lib.plan import q as _q
 from vespa_lib.profile import profile_snapshot
 from vespa_lib.snapshot import open_snapshot
+from vespa_lib.synth.postgres import load_into_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "data" / "bench"
@@ -62,31 +62,9 @@ def dataset(scale: int) -> Path:
     return out
 
 
-def load_damaged(duck_path: Path, dsn: str) -> None:
-    """The damaged production DuckDB copied into PostgreSQL as a database the workbook did not create."""
-    src = duckdb.connect(str(duck_path), read_only=True)
-    with psycopg.connect(dsn, autocommit=True) as pg:
-        schema.create_schema(pg, "postgres", workbook=False, legacy_email_key=True)
-        for table in schema.PRODUCTION_TABLES:
-            cols = [c["name"] for c in schema.table_columns(pg, table.name)]
-            copy_arrow(pg, table.name, cols, src.sql(f"SELECT {', '.join(_q(c) for c in cols)} FROM {table.name}")
-                       .to_arrow_table())
-        # ids were copied explicitly: move the serial on, as a database that made them itself would have
-        pg.execute("SELECT setval(pg_get_serial_sequence('academic_years', 'id'), max(id)) FROM academic_years")
-    src.close()
-
-
-def _q(name: str) -> str:
-    return '"' + name + '"'
-
-
 def copy_arrow(pg, table: str, cols: list[str], data: pa.Table) -> None:
     """COPY an Arrow table as CSV (the same path the guard's staging uses)."""
-    with pg.cursor().copy(f"COPY {table} ({', '.join(_q(c) for c in cols)}) FROM STDIN WITH (FORMAT csv)") as copy:
-        for batch in data.select(cols).to_batches(max_chunksize=100_000):
-            buf = io.BytesIO()
-            pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
-            copy.write(buf.getvalue())
+    copy_in(pg, table, cols, data.select(cols))
 
 
 def bare_copy(dsn: str, tables: dict[str, pa.Table]) -> float:
@@ -186,7 +164,7 @@ def measure(scale: int, upsert_rows: int) -> dict:
     with LocalPostgres() as server:
         dsn = server.create_database("bench")
         os.environ[ENV] = dsn
-        _, res["load_damaged_db_s"] = timed(load_damaged, folder / "production.duckdb", dsn)
+        _, res["load_damaged_db_s"] = timed(load_into_postgres, folder / "production.duckdb", dsn)
         target = importer.open_import(f"postgres:{ENV}")
         (snap, prof), res["csv_profile_s"] = timed(lambda: (s := open_snapshot(folder / "snapshot"),
                                                              profile_snapshot(s, db=target)))

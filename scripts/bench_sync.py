@@ -24,7 +24,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402 - the import benchmark's helpers (dataset, load_damaged, timed)
+import bench  # noqa: E402 - the import benchmark's helpers (dataset, load_into_postgres, timed)
 
 from vespa_lib import importer, sync, sync_checks, sync_source, targets, years  # noqa: E402
 from vespa_lib import plan as planmod  # noqa: E402
@@ -136,7 +136,7 @@ def measure(import_first: bool) -> dict:
     install_spies()
     with LocalPostgres() as server, tempfile.TemporaryDirectory(dir=bench.BENCH) as backup:
         os.environ[bench.ENV] = server.create_database("bench")
-        _, res["load_damaged_db_s"] = timed(bench.load_damaged, bench.dataset(1) / "production.duckdb",
+        _, res["load_damaged_db_s"] = timed(bench.load_into_postgres, bench.dataset(1) / "production.duckdb",
                                             os.environ[bench.ENV])
         migrate_and_import(bench.dataset(1), res, import_first)
         db = targets.open_target(f"postgres:{bench.ENV}", read_only=False)  # mode=apply opens read-write

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from vespa_lib import audit, cli, runbook, schema, synth, years
 from vespa_lib.errors import ParameterError
+from vespa_lib.synth.postgres import load_into_postgres  # noqa: F401 - other test modules import it from here
 from vespa_lib.targets import open_target
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,21 +135,6 @@ def test_counts_are_exact_per_table_year_cycle(generated):
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
-
-
-def load_into_postgres(duck_path: Path, dsn: str) -> None:
-    """The damaged production as PostgreSQL would hold it: legacy F2 key, no workbook additions."""
-    src = duckdb.connect(str(duck_path), read_only=True)
-    with psycopg.connect(dsn, autocommit=True) as pg:
-        schema.create_schema(pg, "postgres", workbook=False, legacy_email_key=True)
-        for table in schema.PRODUCTION_TABLES:
-            cols = [c["name"] for c in schema.table_columns(pg, table.name)]
-            names = ", ".join(f'"{c}"' for c in cols)
-            rows = src.sql(f"SELECT {names} FROM {table.name}").fetchall()
-            with pg.cursor() as cur, cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-    src.close()
 
 
 @pytest.mark.postgres

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .audit_base import Finding, Section, as_source
+from .files import sha256_of
 
 __all__ = ["COUNT_KEYS", "find_previous", "read_counts", "compare_previous", "content_checksum", "backup",
            "backup_mismatches",
@@ -117,14 +118,6 @@ def content_checksum(table: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def restore_point_dir(root: Path | str, run_id: str, when: str) -> Path:
     """The folder for one audit's restore point: ``<root>/<YYYY-MM-DD>/<run_id>/``, owner-only (0700).
 
@@ -151,7 +144,7 @@ def backup(t, out_dir: Path | str) -> pd.DataFrame:
         path = out / f"{table}.parquet"
         pq.write_table(data, path)
         rows.append({"table": table, "rows": data.num_rows, "file": path.name, "bytes": path.stat().st_size,
-                     "file_sha256": _file_sha256(path), "content_sha256": content_checksum(data)})
+                     "file_sha256": sha256_of(path), "content_sha256": content_checksum(data)})
     return pd.DataFrame(rows, columns=["table", "rows", "file", "bytes", "file_sha256", "content_sha256"])
 
 

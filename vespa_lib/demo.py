@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 
+from .files import sha256_of
 from .synth import GENERATOR_VERSION, SCALES, generate, generate_fresh_export
 from .synth.csvwrite import FILES
 
@@ -164,13 +165,7 @@ def step_run(step: RunStep, out: Path, outputs: Path, repo: Path = REPO) -> dict
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's bytes (the rehearsal must leave the demo target byte-identical). Read-only."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 def year_state(path: Path) -> dict[str, dict]:

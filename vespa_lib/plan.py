@@ -35,7 +35,7 @@ from vespa_lib.privacy import mask_email
 from vespa_lib.rowdigest import unchanged_groups
 from vespa_lib.schema import dialect_of, table_columns
 
-__all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "copy_out", "plan_changes", "q",
+__all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "copy_in", "copy_out", "plan_changes", "q",
            "reuse_kept",
            "row_text_expr", "run", "scalar", "stage_and_classify"]
 
@@ -218,7 +218,7 @@ def _stage(con: Any, dialect: str, spec: TableSpec, table: pa.Table, on_chunk: A
         con.unregister("vespa_arrow_in")
         return cols
     run(con, f"CREATE TEMP TABLE {name} ({typed}) ON COMMIT DROP")
-    _copy_csv(con, name, cols, table.select(cols), on_chunk)
+    copy_in(con, name, cols, table.select(cols), on_chunk)
     _analyze(con, name)
     return cols
 
@@ -229,7 +229,7 @@ def _analyze(con: Any, name: str) -> None:
         run(con, f"ANALYZE {name}")
 
 
-def _copy_csv(con: Any, name: str, cols: list[str], table: pa.Table, on_chunk: Any) -> None:
+def copy_in(con: Any, name: str, cols: list[str], table: pa.Table, on_chunk: Any = None) -> None:
     """COPY Arrow rows as CSV (SPEC.md §4: bulk work over COPY); nulls unquoted, strings quoted."""
     collist = ", ".join(q(c) for c in cols)
     with con.cursor().copy(f"COPY {name} ({collist}) FROM STDIN WITH (FORMAT csv)") as copy:
@@ -385,7 +385,7 @@ def _stage_groups(con: Any, spec: TableSpec, groups: pa.Table | None) -> None:
         con.unregister("vespa_groups_in")
         return
     run(con, f"CREATE TEMP TABLE {name} (email TEXT, academic_year TEXT) ON COMMIT DROP")
-    _copy_csv(con, name, ["email", "academic_year"], groups.select(["email", "academic_year"]), None)
+    copy_in(con, name, ["email", "academic_year"], groups.select(["email", "academic_year"]), None)
     _analyze(con, name)
 
 

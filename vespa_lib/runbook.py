@@ -39,7 +39,6 @@ This module writes only inside the run folder.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import types
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from vespa_lib import evidence, privacy
 from vespa_lib.errors import ParameterError, ValidationFailed, VespaError
+from vespa_lib.files import sha256_of
 
 if TYPE_CHECKING:  # pandas is imported by the kernel anyway; the CLI does not need it
     import pandas as pd
@@ -258,14 +258,11 @@ class Run:
     def add_input(self, path: Path | str) -> str:
         """Record an input file with its SHA-256 and size; returns the digest. Read-only on the input."""
         path = Path(path)
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        digest = sha256_of(path)
         self.inputs = [i for i in self.inputs if i["path"] != str(path)]
-        self.inputs.append({"path": str(path), "sha256": digest.hexdigest(), "bytes": path.stat().st_size})
+        self.inputs.append({"path": str(path), "sha256": digest, "bytes": path.stat().st_size})
         self._save_state()
-        return digest.hexdigest()
+        return digest
 
     def verdict(self) -> None:
         """Write ``checks.json``; raise ValidationFailed naming failed checks (or if none were made)."""

@@ -15,7 +15,6 @@ explains) raises :class:`SnapshotError` naming the file and the problem; nothing
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import duckdb
 
 from . import fieldmap
 from .errors import SnapshotError
+from .files import sha256_of
 
 __all__ = ["READ_SPEC", "TABLES", "Snapshot", "find_files", "open_snapshot"]
 
@@ -109,11 +109,7 @@ class Snapshot:
         """SHA-256 of the file's bytes (computed once, in chunks)."""
         info = self._info[obj]
         if info.sha256 is None:
-            digest = hashlib.sha256()
-            with info.path.open("rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    digest.update(chunk)
-            info.sha256 = digest.hexdigest()
+            info.sha256 = sha256_of(info.path)
         return info.sha256
 
 

@@ -1,0 +1,32 @@
+"""The damaged production DuckDB copied into PostgreSQL, as a database the workbook did not create
+(tests, benchmarks): the DOMAIN.md §6 schema with the legacy F2 key, no workbook additions. Writes
+only to the given PostgreSQL database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["load_into_postgres"]
+
+
+def load_into_postgres(duck_path: Path | str, dsn: str) -> None:
+    """Create the production schema in ``dsn`` and COPY every production table from ``duck_path``."""
+    import duckdb  # noqa: PLC0415
+    import psycopg  # noqa: PLC0415
+
+    from vespa_lib import schema  # noqa: PLC0415
+    from vespa_lib.plan import copy_in, q  # noqa: PLC0415
+
+    src = duckdb.connect(str(duck_path), read_only=True)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as pg:
+            schema.create_schema(pg, "postgres", workbook=False, legacy_email_key=True)
+            for table in schema.PRODUCTION_TABLES:
+                cols = [c["name"] for c in schema.table_columns(pg, table.name)]
+                rows = src.sql(f"SELECT {', '.join(q(c) for c in cols)} FROM {table.name}").to_arrow_table()
+                copy_in(pg, table.name, cols, rows)
+            # ids were copied explicitly: move the serial on, as a database that made them itself would have
+            pg.execute("SELECT setval(pg_get_serial_sequence('academic_years', 'id'), "
+                       "coalesce(max(id), 0) + 1, false) FROM academic_years")
+    finally:
+        src.close()
