@@ -204,8 +204,8 @@ def _inserted_ids(spec: Any) -> str:
 
 def _write_parquet(con: Any, run_id: str, backup_dir: Path | None) -> list[str]:
     """Evidence copy of this run's backup rows (SPEC.md §7.3: inside the database and in evidence),
-    every value as text. Set-based: ``COPY ... TO STDOUT`` into Arrow on PostgreSQL (a million
-    inserted answers took ~20 s through a Python loop), Arrow directly on DuckDB."""
+    every value as text. Set-based: ``COPY ... TO STDOUT`` into Arrow on PostgreSQL (the per-row
+    Python loop it replaces took 2.6 s for a realistic sync's backup rows), Arrow directly on DuckDB."""
     if backup_dir is None:
         return []
     backup_dir.mkdir(parents=True, exist_ok=True)
