@@ -60,11 +60,21 @@ def test_apply_then_repeat_changes_nothing_and_ledger_has_counts(con, tmp_path):
                                          "FROM vespa_ops.ledger WHERE run_id = 'r1'").fetchone()
     assert status == "applied" and json.loads(counts)["applied"]["students"]["insert"] == 3
     assert "pw" not in params and json.loads(params)["snapshot"] == "x"
-    for table in ("students", "vespa_scores", "question_responses"):  # the evidence copy holds every backup row
-        copy = pq.read_table(tmp_path / "bk" / f"backup_{table}.parquet")
-        ids = {str(r[0]) for r in con.execute(f"SELECT id FROM vespa_ops.backup_{table} WHERE _run_id = 'r1'").fetchall()}
-        assert set(copy.column("id").to_pylist()) == ids and copy.num_rows == len(ids)
-        assert set(copy.column("_op").to_pylist()) == {"insert"}
+    for table in ("students", "vespa_scores", "question_responses"):
+        # an insert's pre-image is its absence: the database keeps its id and year (what undo deletes and
+        # counts), and the evidence folder gets no copy (it holds pre-images of changed rows only)
+        cur = con.execute(f"SELECT * FROM vespa_ops.backup_{table} WHERE _run_id = 'r1'")
+        names, rows = [d[0] for d in cur.description], cur.fetchall()
+        kept = {n for i, n in enumerate(names) if not n.startswith("_") and any(r[i] is not None for r in rows)}
+        assert len(rows) == result.applied["applied"][table]["insert"] and kept == {"id", "academic_year"}
+        assert {r[names.index("_op")] for r in rows} == {"insert"}
+        assert not (tmp_path / "bk" / f"backup_{table}.parquet").exists()
+    # a run that changes rows: its evidence copy holds exactly their pre-images, whole
+    apply(con, desired(students(OLD, EST_A, 3, name="Renamed"), cycles=(1, 2)), "r2", backup_dir=tmp_path / "bk2")
+    copy = pq.read_table(tmp_path / "bk2" / "backup_students.parquet")
+    backed = con.execute("SELECT CAST(id AS TEXT), name, _op FROM vespa_ops.backup_students WHERE _run_id = 'r2'").fetchall()
+    assert sorted(zip(*(copy.column(c).to_pylist() for c in ("id", "name", "_op")), strict=True)) == sorted(backed)
+    assert len(backed) == 3 and {b[2] for b in backed} == {"update"} and "Renamed" not in {b[1] for b in backed}
 
 
 def test_update_backs_up_pre_image_and_undo_restores_exact_checksums(con):

@@ -313,9 +313,11 @@ def test_decode_record_29_6_and_2():
 def test_to_arrow_has_the_snapshot_shape_and_decodes_with_the_same_sql():
     recs = students(3, completed=datetime(2025, 10, 9, 9, 42))
     table = to_arrow(recs, "object_10")
-    names = list(fieldmap.load().columns("object_10"))
+    cols = fieldmap.load().columns("object_10")
+    names = [("_filled_" if c.kind == "rich_text" else "") + n for n, c in cols.items()]
     assert table.column_names == ["_record", "_line", *names]
-    assert all(str(table.schema.field(n).type) == "string" for n in names)
+    assert all(str(table.schema.field(n).type) == ("bool" if n.startswith("_filled_") else "string") for n in names)
+    assert "_filled_c1_reflection" in names  # as snapshot.open_snapshot keeps rich text: whether filled
     con = duckdb.connect()
     con.register("o10", table)
     got = con.sql(f"SELECT _record, {knack.score_sql('c1_effort')}, {knack.uk_date_sql('completion_date')}, email "
@@ -343,6 +345,7 @@ def test_api_rows_equal_the_csv_export_of_the_same_records(tmp_path):
     snap = open_snapshot(tmp_path)
     from_csv = snap.con.sql("SELECT * EXCLUDE (_line) FROM o10").to_arrow_table().to_pylist()[0]
     from_api = to_arrow([rec], "object_10").drop_columns(["_line"]).to_pylist()[0]
-    present = {"_record"} | {n for n, h in snap.resolutions["object_10"].found.items()}
+    rich = {n for n, c in fieldmap.load().columns("object_10").items() if c.kind == "rich_text"}
+    present = {"_record"} | {("_filled_" if n in rich else "") + n for n in snap.resolutions["object_10"].found}
     assert {k: from_api[k] for k in present} == {k: from_csv[k] for k in present}
     assert len(present) == len(header) + 1

@@ -77,19 +77,32 @@ def test_logical_columns_values_and_missing_columns_as_null(tmp_path):
     snap = snapshot.open_snapshot(_write(tmp_path, MULTI))
     cols = [r[0] for r in snap.con.sql("DESCRIBE o10").fetchall()]
     assert cols[:2] == ["_record", "_line"]
-    assert {"id", "email", "full_name", "completion_date", "c1_vision", "c1_reflection"} <= set(cols)
+    assert {"id", "email", "full_name", "completion_date", "c1_vision", "_filled_c1_reflection"} <= set(cols)
     assert "extra" not in cols and "field_197_email" not in cols
     types = {r[0]: r[1] for r in snap.con.sql("DESCRIBE o10").fetchall()}
     assert types["c1_vision"] == "VARCHAR" and types["establishment"] == "VARCHAR"
-    row = snap.con.execute("SELECT email, full_name, c1_vision, c1_reflection, establishment "
+    row = snap.con.execute("SELECT email, full_name, c1_vision, _filled_c1_reflection, establishment "
                        "FROM o10 WHERE _record = 3").fetchall()[0]
     # Values are text exactly as exported: no sniffer turned "7.0" or dates into numbers.
-    assert row == ("c@s.ac.uk", "C, junior", None, "x\n\ny", None)
+    assert row == ("c@s.ac.uk", "C, junior", None, True, None)
     assert snap.con.execute("SELECT c1_vision FROM o10 WHERE _record = 2").fetchall()[0] == ("7.0",)
     res = snap.resolutions["object_10"]
     assert "establishment" in res.missing and [c.name for c in res.blockers] == ["establishment"]
     assert res.unmapped_headers == ["extra"]
     assert snap.table("object_10") == "o10" and snap.read_spec["all_varchar"] is True
+
+
+def test_rich_text_is_counted_but_not_held(tmp_path):
+    """Reflections and goals (kind rich_text) are never imported: their line breaks still place every
+    record (F5), whether a cell is filled is kept for the profile, and the text itself is not held."""
+    rows = [list(r) for r in MULTI] + [["5" * 24, "e@s.ac.uk", "E", "", "", " \n\t ", ""]]
+    snap = snapshot.open_snapshot(_write(tmp_path, rows))
+    assert "c1_reflection" not in [r[0] for r in snap.con.sql("DESCRIBE o10").fetchall()]
+    held = snap.con.sql("SELECT * FROM _csv_o10").fetchall()
+    assert not any(isinstance(v, str) and ("line two" in v or "x\n\ny" in v) for r in held for v in r)
+    got = snap.con.sql("SELECT _record, _line, _filled_c1_reflection FROM o10 ORDER BY _record").fetchall()
+    assert got == [(1, 2, True), (2, 5, None), (3, 6, True), (4, 10, True), (5, 11, False)]
+    assert snap.newlines_in_cells("object_10") == 6
 
 
 def test_input_files_are_not_modified(tmp_path):

@@ -13,8 +13,9 @@ widens the window by one day on each side and then filters exactly in the librar
 ``decode_record`` maps one API record onto the field map's logical columns, rendering each value
 as the snapshot CSV holds it (plain email, name parts, connection identifiers plus an
 ``establishment_id``-style id column, scores as text, dates ``DD/MM/YYYY HH:MM``), from the
-``_raw`` forms. ``to_arrow`` builds the same all-VARCHAR table (with ``_record``/``_line``) that
-``snapshot.open_snapshot`` builds from a CSV file, so the import's SQL runs unchanged on it.
+``_raw`` forms. ``to_arrow`` builds the same table that ``snapshot.open_snapshot`` builds from a
+CSV file (VARCHAR, with ``_record``/``_line``, rich text as its ``_filled_`` flag), so the import's
+SQL runs unchanged on it.
 
 Everything here is read-only. Credentials come from named environment variables (or ``.env``).
 """
@@ -31,7 +32,7 @@ import httpx
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from . import fieldmap, knack
+from . import fieldmap, knack, snapshot
 from .errors import ParameterError, TargetError
 from .retry import retry_delay
 from .targets import resolve_env
@@ -396,8 +397,15 @@ def to_arrow(records: Iterable[dict], object_name: str) -> pa.Table:
     """API records as the table ``snapshot.open_snapshot`` builds from a CSV: ``_record`` (1-based,
     in read order), ``_line`` (NULL: an API record has no file line), then every logical column of
     the field map as VARCHAR, so the import's SQL runs unchanged. Read-only."""
-    names = [c[0] for c in logical_columns(object_name)]
+    columns = logical_columns(object_name)
     rows = [decode_record(rec, object_name) for rec in records]
     arrays = [pa.array(range(1, len(rows) + 1), pa.int64()), pa.nulls(len(rows), pa.int64())]
-    arrays += [pa.array([r[n] for r in rows], pa.string()) for n in names]
-    return pa.Table.from_arrays(arrays, names=["_record", "_line", *names])
+    names = ["_record", "_line"]
+    for name, kind, _, _ in columns:
+        if kind == "rich_text":  # as the snapshot keeps it: whether filled, not the text (snapshot._load)
+            arrays.append(pa.array([None if r[name] is None else bool(r[name].strip()) for r in rows], pa.bool_()))
+            names.append(snapshot.FILLED + name)
+        else:
+            arrays.append(pa.array([r[name] for r in rows], pa.string()))
+            names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from vespa_lib import duckwork
 from vespa_lib.errors import ValidationFailed, VespaError
 from vespa_lib.privacy import mask_email
 from vespa_lib.rowdigest import unchanged_groups
@@ -229,11 +230,13 @@ def _analyze(con: Any, name: str) -> None:
         run(con, f"ANALYZE {name}")
 
 
-def copy_in(con: Any, name: str, cols: list[str], table: pa.Table, on_chunk: Any = None) -> None:
-    """COPY Arrow rows as CSV (SPEC.md §4: bulk work over COPY); nulls unquoted, strings quoted."""
+def copy_in(con: Any, name: str, cols: list[str], table: pa.Table | pa.RecordBatchReader, on_chunk: Any = None) -> None:
+    """COPY Arrow rows as CSV (SPEC.md §4: bulk work over COPY); nulls unquoted, strings quoted.
+    ``table`` may be a stream (``RecordBatchReader``): rows are then never all in memory at once."""
     collist = ", ".join(q(c) for c in cols)
+    batches = table if isinstance(table, pa.RecordBatchReader) else table.to_batches(max_chunksize=50_000)
     with con.cursor().copy(f"COPY {name} ({collist}) FROM STDIN WITH (FORMAT csv)") as copy:
-        for i, batch in enumerate(table.to_batches(max_chunksize=50_000)):
+        for i, batch in enumerate(batches):
             buf = io.BytesIO()
             pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
             copy.write(buf.getvalue())
@@ -259,7 +262,7 @@ def desired_facts(desired: Desired, spec: TableSpec) -> dict:
     cols = _stage_columns(spec, table)
     keys = ", ".join(q(k) for k in spec.keys)
     every = ", ".join(q(c) for c in cols)
-    mem = duckdb.connect()
+    mem = duckwork.connect()
     try:
         mem.register("vespa_desired", table.select(cols))
         dup = mem.execute(f"SELECT {keys} FROM vespa_desired GROUP BY ALL HAVING count(*) > 1 LIMIT 1").fetchall()
@@ -468,14 +471,16 @@ def state_digest(con: Any, years: list[str]) -> dict[str, str]:
 def state_token(con: Any, years: list[str]) -> dict[str, str]:
     """What the fingerprint binds the plan to: every live row the classification reads. Read-only.
 
-    PostgreSQL: a digest of the row versions (ctid, xmin), not of their content: any insert, update
-    or delete since planning gives a new version and a new token, at a third of the content digest's
-    cost over a million rows (SPEC.md §9). DuckDB has no row versions: ``state_digest``."""
+    PostgreSQL: the row count and a sum of 64-bit hashes of the rows' ``xmin`` (the transaction that
+    wrote each row version), not of their content. A row inserted or updated since planning is a
+    version written by a transaction the plan did not see (its ``xmin`` is new to the multiset); a
+    delete lowers the count unless rows are also written, which bring new ``xmin``s. Unlike ``ctid``,
+    ``xmin`` survives VACUUM (FULL) and freezing, which change no row. One integer hash per row costs a
+    third of hashing (ctid, xmin) text twice (0.21 against 0.63 s per million rows). DuckDB has no row
+    versions: ``state_digest``."""
     if dialect_of(con) == "duckdb":
         return state_digest(con, years)
-    version = "concat(t.ctid, ':', t.xmin)"
-    sums = f"concat(count(*), ':', coalesce(sum(hashtextextended({version}, 0)), 0), ':', " \
-           f"coalesce(sum(hashtextextended({version}, 1)), 0))"
+    sums = "concat(count(*), ':', coalesce(sum(hashint8extended(t.xmin::text::bigint, 0)), 0))"
     return {name: scalar(con, f"SELECT {sums} FROM {name} t{where}", params) or ""
             for name, where, params in _token_slices(years)}
 
@@ -488,41 +493,78 @@ def state_token(con: Any, years: list[str]) -> dict[str, str]:
 FAST_NOOP = True  # tests switch it off to prove the fast path plans exactly what classification plans
 
 
-def _live_rows(con: Any, spec: TableSpec, cols: list[str], years: list[str]) -> pa.Table:
-    """The live rows of ``years`` projected on the staged columns (keys by email), as text. Read-only.
+def _live_rows(con: Any, spec: TableSpec, cols: list[str], years: list[str]
+               ) -> tuple[pa.Table | pa.RecordBatchReader, pa.Table | None]:
+    """The live rows of ``years`` projected on the staged columns, as text, and for scores and answers
+    the (student_id, email) pairs their ``student_id`` resolves through (None: rows carry the email).
+    Read-only.
 
-    PostgreSQL: one ``COPY ... TO STDOUT`` parsed by Arrow (SPEC.md §4: bulk reads over COPY); dates
-    rendered ISO whatever the server's DateStyle; NULL unquoted, empty text quoted."""
+    PostgreSQL: a stream of Arrow batches over one ``COPY ... TO STDOUT`` (SPEC.md §4: bulk reads
+    over COPY; §9: never all in memory), to be read once, rows by student id (a number, not a 30-byte
+    email per row: the join is the reader's, in DuckDB); dates rendered ISO whatever the server's
+    DateStyle; NULL unquoted, empty text quoted."""
     join = "JOIN students s ON s.id = t.student_id " if spec.via_student else ""
     exprs = [(f"s.{q(c)}" if spec.via_student and c == "email" else f"t.{q(c)}") for c in cols]
     if dialect_of(con) == "duckdb":
         select = ", ".join(f"{e} AS {q(c)}" for e, c in zip(exprs, cols, strict=True))
         return con.sql(f"SELECT {select} FROM {spec.name} t {join}WHERE t.academic_year IN {_in(years)}",
-                       params=years).to_arrow_table()
-    # scores and answers travel with their student id (a number, not a 30-byte email per row)
+                       params=years).to_arrow_table(), None
     names = [("student_id" if spec.via_student and c == "email" else c) for c in cols]
     exprs = ["t.student_id" if n == "student_id" else e for n, e in zip(names, exprs, strict=True)]
     select = ", ".join(f"to_char({e}, 'YYYY-MM-DD')" if spec.types.get(c) == "DATE" else f"CAST({e} AS TEXT)"
                        for e, c in zip(exprs, names, strict=True))
-    live = copy_out(con, f"SELECT {select} FROM {spec.name} t WHERE t.academic_year IN {_in(years)}", years, names)
+    live = copy_out_reader(con, f"SELECT {select} FROM {spec.name} t WHERE t.academic_year IN {_in(years)}",
+                           years, names)
     if not spec.via_student:
-        return live
-    ids = copy_out(con, "SELECT CAST(id AS TEXT), email FROM students", [], ["student_id", "email"])
-    return live.join(ids, "student_id", join_type="inner").select(cols)
+        return live, None
+    return live, copy_out(con, "SELECT CAST(id AS TEXT), email FROM students", [], ["student_id", "email"])
 
 
 def copy_out(con: Any, select: str, params: list, names: list[str]) -> pa.Table:
     """Rows of a PostgreSQL query as Arrow text columns over ``COPY ... TO STDOUT`` (csv; NULL
     unquoted, empty text quoted, so they stay apart). Read-only."""
-    buf = io.BytesIO()
+    return pa.Table.from_batches(list(copy_out_batches(con, select, params, names)), schema=_text_schema(names))
+
+
+COPY_BATCH_BYTES = 32 << 20  # CSV bytes parsed into one Arrow batch when streaming a COPY out
+
+
+def _text_schema(names: list[str]) -> pa.Schema:
+    return pa.schema([(c, pa.string()) for c in names])
+
+
+def copy_out_batches(con: Any, select: str, params: list, names: list[str],
+                     batch_bytes: int = COPY_BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+    """``copy_out`` as a stream of Arrow batches of about ``batch_bytes`` of CSV each, so a large read
+    (10x: 11 M answers) is never all in memory (SPEC.md §9). Read-only. PostgreSQL sends one row per
+    COPY message, so a batch always ends at a row boundary. A reader that stops early leaves the rest
+    drained, and the connection usable."""
+    read = pacsv.ReadOptions(column_names=names)
+    convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True,
+                                   quoted_strings_can_be_null=False)
+
+    def parse(data: bytearray) -> Iterator[pa.RecordBatch]:
+        yield from pacsv.read_csv(io.BytesIO(bytes(data)), read_options=read, convert_options=convert).to_batches()
+
     with con.cursor().copy(f"COPY ({select.replace('?', '%s')}) TO STDOUT WITH (FORMAT csv)", params or None) as copy:
-        for chunk in copy:
-            buf.write(chunk)
-    if not buf.tell():
-        return pa.table({c: pa.array([], pa.string()) for c in names})
-    buf.seek(0)
-    return pacsv.read_csv(buf, pacsv.ReadOptions(column_names=names), convert_options=pacsv.ConvertOptions(
-        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, quoted_strings_can_be_null=False))
+        rows = iter(copy)
+        try:
+            buf = bytearray()
+            for chunk in rows:
+                buf += chunk
+                if len(buf) >= batch_bytes:
+                    yield from parse(buf)
+                    buf = bytearray()
+            if buf:
+                yield from parse(buf)
+        finally:
+            for _ in rows:  # the consumer stopped early (or failed): finish the COPY
+                pass
+
+
+def copy_out_reader(con: Any, select: str, params: list, names: list[str]) -> pa.RecordBatchReader:
+    """``copy_out_batches`` as an Arrow stream (DuckDB scans it once without holding it). Read-only."""
+    return pa.RecordBatchReader.from_batches(_text_schema(names), copy_out_batches(con, select, params, names))
 
 
 _GROUP = ("academic_year", "email")
@@ -534,11 +576,11 @@ def _unchanged_groups(con: Any, spec: TableSpec, table: pa.Table) -> tuple[dict[
     Read-only. A proven group can produce no delete either: all its live rows are desired."""
     cols = _stage_columns(spec, table)
     years = _years_of(table)
-    live = _live_rows(con, spec, cols, years) if years else None
-    if live is None or not live.num_rows:
+    if not years:
         return {}, table, None
-    split = unchanged_groups(table.select(cols), list(spec.keys), [(c, spec.types[c]) for c in cols], live)
-    if split is None:
+    live, ids = _live_rows(con, spec, cols, years)
+    split = unchanged_groups(table.select(cols), list(spec.keys), [(c, spec.types[c]) for c in cols], live, ids)
+    if split is None or not split[0]:  # nothing proven (a first import): every row is classified
         return {}, table, None
     proven, rest, groups = split
     return proven, table.take(rest), groups

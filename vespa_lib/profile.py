@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import fieldmap, knack
-from .snapshot import Snapshot
+from .snapshot import FILLED, Snapshot
 from .years import uk_year_sql
 
 __all__ = ["Profile", "profile_snapshot", "snapshot_year_of", "DATE_FORMATS", "METHODS"]
@@ -215,7 +215,8 @@ def _columns(snap: Snapshot) -> pd.DataFrame:
     for obj in fieldmap.OBJECTS:
         cols, res, table = fieldmap.load().columns(obj), snap.resolutions[obj], snap.table(obj)
         # regexp, not trim: trimming copies every multi-line comment cell
-        counts = ", ".join(f"count(*) FILTER (WHERE NOT regexp_full_match({_q(c)}, '\\s*'))" for c in cols)
+        counts = ", ".join(f"count(*) FILTER (WHERE {_q(FILLED + c)})" if col.kind == "rich_text" else
+                           f"count(*) FILTER (WHERE NOT regexp_full_match({_q(c)}, '\\s*'))" for c, col in cols.items())
         filled = snap.con.execute(f"SELECT {counts} FROM {table}").fetchall()[0]
         n = snap.records(obj)
         frames.append(pd.DataFrame({

@@ -14,12 +14,15 @@ from typing import Any
 __all__ = ["unchanged_groups"]
 
 
-def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]], live: Any
+def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]], live: Any, ids: Any = None
                      ) -> tuple[dict, Any, Any] | None:
     """Split desired rows by student group (academic_year, email) against the live rows of those groups.
 
-    ``table`` and ``live`` (Arrow) both hold ``columns`` ((name, SQL type) pairs; live values may be
-    text, both sides are cast to the type); ``keys`` are the natural key columns. A group is proven
+    ``table`` and ``live`` (Arrow tables, ``live`` also a stream read once) both hold ``columns``
+    ((name, SQL type) pairs; live values may be text, both sides are cast to the type), except that
+    with ``ids`` (Arrow: student_id, email) live rows carry ``student_id`` in place of ``email`` and
+    are resolved through it (an inner join, as the database's foreign key does); ``keys`` are the
+    natural key columns. A group is proven
     unchanged when its desired and live rows are the same multiset of (key, values): equal row counts
     and equal sums of two 64-bit DuckDB hashes of every typed row (two seeds; a false proof needs both
     sums to collide within one group). Desired keys must be unique (the planner checks that first).
@@ -30,10 +33,18 @@ def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]]
     import duckdb  # noqa: PLC0415 - only the planner's fast path needs it
     import pyarrow as pa  # noqa: PLC0415
 
-    mem = duckdb.connect()
+    from vespa_lib import duckwork  # noqa: PLC0415
+
+    mem = duckwork.connect()
     try:
         mem.register("vespa_desired", table.append_column("vespa_i", pa.array(range(table.num_rows), pa.int64())))
-        mem.register("vespa_live", live)
+        mem.register("vespa_live_rows", live)
+        if ids is None:
+            mem.execute("CREATE VIEW vespa_live AS SELECT * FROM vespa_live_rows")
+        else:
+            mem.register("vespa_ids", ids)
+            mem.execute("CREATE VIEW vespa_live AS SELECT i.email, l.* EXCLUDE (student_id) "
+                        "FROM vespa_live_rows l JOIN vespa_ids i ON i.student_id = l.student_id")
         cast = ", ".join(f"CAST({_quote(c)} AS {t}) AS {_quote(c)}" for c, t in columns)
         every = ", ".join(_quote(c) for c, _ in columns)
         sums = (f"count(*) AS n, sum(CAST(hash({every}) AS HUGEINT)) AS h1, "

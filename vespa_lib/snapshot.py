@@ -22,16 +22,20 @@ from pathlib import Path
 
 import duckdb
 
-from . import fieldmap
+from . import duckwork, fieldmap
 from .errors import SnapshotError
 from .files import sha256_of
 
-__all__ = ["READ_SPEC", "TABLES", "Snapshot", "find_files", "open_snapshot"]
+__all__ = ["FILLED", "READ_SPEC", "TABLES", "Snapshot", "find_files", "open_snapshot"]
 
 TABLES = {"object_6": "o6", "object_10": "o10", "object_29": "o29"}
 BOM = b"\xef\xbb\xbf"
 _CHUNK = 16 * 1024 * 1024
 _MAX_LINE = 16 * 1024 * 1024
+# DuckDB's default read buffer is 16x max_line_size (256 MiB per buffer): two lines' worth keeps a
+# 1.5 GB file's read within the work connections' memory cap (vespa_lib.duckwork)
+_BUFFER = 2 * _MAX_LINE
+FILLED = "_filled_"  # view column of a rich_text column: whether the cell holds more than white space
 
 # SPEC.md §5: every column text, explicit delimiter/quote/escape/header, UTF-8 with or without BOM,
 # newlines inside quoted cells. ``auto_detect`` is off, so DuckDB sniffs neither types nor dialect;
@@ -52,13 +56,15 @@ READ_SPEC: dict[str, object] = {
     "bom": "tolerated: a UTF-8 byte-order mark before the header is skipped with it",
     "new_line": "\\n or \\r\\n (terminator detected by DuckDB; line breaks inside quoted cells are kept)",
     "max_line_size": _MAX_LINE,
+    "buffer_size": _BUFFER,
     "empty_cells": "NULL",
 }
 
 _READ_SQL = (
     "SELECT * FROM read_csv(?, columns = {cols}, all_varchar = true, auto_detect = false, "
     "delim = ',', quote = '\"', escape = '\"', header = true, strict_mode = true, "
-    f"null_padding = false, ignore_errors = false, encoding = 'utf-8', max_line_size = {_MAX_LINE})"
+    f"null_padding = false, ignore_errors = false, encoding = 'utf-8', max_line_size = {_MAX_LINE}, "
+    f"buffer_size = {_BUFFER})"
 )
 
 
@@ -139,17 +145,13 @@ def open_snapshot(snapshot_dir: str | Path, con: duckdb.DuckDBPyConnection | Non
     """Load the three files into ``con`` (a new in-memory DuckDB by default). Read-only on the files."""
     files = find_files(snapshot_dir)
     if con is None:
-        con = duckdb.connect()
-        try:  # no progress bars in logs and evidence
-            con.execute("SET enable_progress_bar = false").fetchall()
-        except duckdb.Error:  # inside Jupyter without ipywidgets DuckDB refuses the setting (and shows none)
-            pass
+        con = duckwork.connect()
     snap = Snapshot(con=con, files=files, resolutions={})
     fmap = fieldmap.load()
     for obj, path in files.items():
         info = _read_header(path)
         snap.resolutions[obj] = _resolve(fmap, obj, info)
-        _load(con, obj, info, snap.resolutions[obj], list(fmap.columns(obj)))
+        _load(con, obj, info, snap.resolutions[obj], fmap.columns(obj))
         snap._info[obj] = info
     return snap
 
@@ -199,9 +201,14 @@ def _encoding_error(path: Path, where: str) -> SnapshotError:
 
 # ------------------------------------------------------------------------------------------ load
 
-def _load(con, obj: str, info: _FileInfo, res: fieldmap.Resolution, logical: list[str]) -> None:
-    """Read the whole file set-based into ``_csv_<t>`` (every column, file order) and ``_lines_<t>``
-    (``_record``, ``_line``); the view ``<t>`` shows them under the logical column names."""
+def _load(con, obj: str, info: _FileInfo, res: fieldmap.Resolution, columns: dict[str, fieldmap.Column]) -> None:
+    """Read the whole file set-based into ``_csv_<t>`` (the mapped columns) and ``_lines_<t>``
+    (``_record``, ``_line``); the view ``<t>`` shows them under the logical column names.
+
+    Every cell is read and counted for line breaks, but only mapped columns are kept, and of a
+    ``rich_text`` column (reflections, goals: free text the workbook never imports) only whether it is
+    filled (``_filled_<name>``): those cells are most of a file's bytes (object_10 at 10x: 1.4 of
+    1.5 GB), and holding them cost memory and time for nothing."""
     table, raw, lines = TABLES[obj], f"_csv_{TABLES[obj]}", f"_lines_{TABLES[obj]}"
     by_header = {h: n for n, h in res.found.items()}
     names = [_ident(by_header.get(h, f"_u{i}")) for i, h in enumerate(info.headers)]
@@ -212,8 +219,13 @@ def _load(con, obj: str, info: _FileInfo, res: fieldmap.Resolution, logical: lis
     # One flat concat per row: a sum of one term per column makes DuckDB's planner slow on 140 columns.
     row = f"concat({', '.join(names)})"
     newlines = f"strlen({row}) - strlen(replace({row}, chr(10), ''))"  # bytes: O(1) per string
+    rich = {n for n in res.found if columns[n].kind == "rich_text"}
+    kept = [_ident(by_header[res.found[n]]) for n in sorted(res.found) if n not in rich]
+    kept += [f"NOT regexp_full_match({_ident(by_header[res.found[n]])}, '\\s*') AS {_ident(FILLED + n)}"
+             for n in sorted(rich)]
+    kept = ", ".join(kept) or "NULL AS _none"
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {raw} AS SELECT *, {newlines} AS _nl "
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {raw} AS SELECT {kept}, {newlines} AS _nl "
                     f"FROM ({_READ_SQL.format(cols=cols)})", [str(info.path)])
     except duckdb.Error as exc:
         raise _read_error(info.path, exc) from None
@@ -226,8 +238,10 @@ def _load(con, obj: str, info: _FileInfo, res: fieldmap.Resolution, logical: lis
                     AS BIGINT) AS _line
         FROM {raw} ORDER BY rowid""")
     # A view, not a copy: POSITIONAL JOIN pairs the two tables row by row in file order.
-    select = ", ".join(f"c.{_ident(by_header[res.found[n]])} AS {_ident(n)}" if n in res.found
-                       else f"CAST(NULL AS VARCHAR) AS {_ident(n)}" for n in logical)
+    select = ", ".join(f"c.{_ident(FILLED + n)}" if n in rich
+                       else f"CAST(NULL AS BOOLEAN) AS {_ident(FILLED + n)}" if col.kind == "rich_text"
+                       else f"c.{_ident(by_header[res.found[n]])} AS {_ident(n)}" if n in res.found
+                       else f"CAST(NULL AS VARCHAR) AS {_ident(n)}" for n, col in columns.items())
     con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT l._record, l._line, {select} "
                 f"FROM {lines} l POSITIONAL JOIN {raw} c")
     info.records, info.newlines_in_cells = con.execute(f"SELECT count(*), coalesce(sum(_nl), 0) FROM {raw}").fetchall()[0]

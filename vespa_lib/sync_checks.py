@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from . import knack, years
+from . import duckwork, knack, years
 from .plan import in_list, run
 from .rows_sql import ELEMENTS
 from .schema import dialect_of
@@ -249,7 +249,7 @@ def drift(con: Any, desired: Any, labels: list[str], anchored: list[tuple[str, s
 
     ``anchored``: (email, label) of students whose row is kept only because it owns another year's rows; they
     are compared as absent from the source (their drift is ``extra``)."""
-    dc = duckdb.connect()
+    dc = duckwork.connect()
     canon = {label: years.canonical(label) for label in labels}
     dc.execute("CREATE TABLE canon_map AS SELECT * FROM (VALUES " + ", ".join(["(?, ?)"] * len(canon))
                + ") v(label, cy)", [x for kv in canon.items() for x in kv])
@@ -336,7 +336,7 @@ def _check(name: str, passed: bool, figures: dict, detail: str) -> dict:
 def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift, *, labels: list[str],
            archived: list[str], est_ids: list[str] | None, anchored: list[tuple[str, str]] = ()) -> list[dict]:
     """The six proofs of issue 5 item 3, each with its figures. Read-only."""
-    dc = duckdb.connect()
+    dc = duckwork.connect()
     for table in KEYS:
         dc.register(table, desired.tables[table])
     dc.register("built_students", rows.students)

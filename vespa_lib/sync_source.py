@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from . import knack_api, snapshot, years
+from . import duckwork, knack_api, snapshot, years
 from .errors import ParameterError
 
 __all__ = ["KNACK_DATE_FIELDS", "SyncSource", "open_source", "source_window"]
@@ -89,8 +89,7 @@ def _open_knack(spec: str, year: str, app_var: str, key_var: str, base_url: str 
     if sleep is not None:
         kw["sleep"] = sleep
     start, end = source_window(year)
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
+    con = duckwork.connect()
     records, outside = {}, {}
     with knack_api.KnackClient(app_var, key_var, **kw) as client:
         reads = {"object_6": lambda: (list(client.records("object_6")), 0)}

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import duckdb
 import pyarrow as pa
 
+from . import duckwork
 from .errors import ParameterError, TargetError
 
 __all__ = [
@@ -368,7 +369,7 @@ class RestTarget(Target):
 def to_duckdb(target: Target, tables) -> duckdb.DuckDBPyConnection:
     """Copy ``tables`` into a new in-memory DuckDB, each cross-checked against the target's exact
     count, so the same SQL runs on any target. Read-only on the target."""
-    con = duckdb.connect(":memory:")
+    con = duckwork.connect()
     for table in tables:
         data = target.read_table(table)
         expected = target.count(table)

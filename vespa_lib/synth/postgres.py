@@ -23,8 +23,8 @@ def load_into_postgres(duck_path: Path | str, dsn: str) -> None:
             schema.create_schema(pg, "postgres", workbook=False, legacy_email_key=True)
             for table in schema.PRODUCTION_TABLES:
                 cols = [c["name"] for c in schema.table_columns(pg, table.name)]
-                rows = src.sql(f"SELECT {', '.join(q(c) for c in cols)} FROM {table.name}").to_arrow_table()
-                copy_in(pg, table.name, cols, rows)
+                rows = src.sql(f"SELECT {', '.join(q(c) for c in cols)} FROM {table.name}")
+                copy_in(pg, table.name, cols, rows.to_arrow_reader(50_000))  # streamed: 10x is 11 M answers
             # ids were copied explicitly: move the serial on, as a database that made them itself would have
             pg.execute("SELECT setval(pg_get_serial_sequence('academic_years', 'id'), "
                        "coalesce(max(id), 0) + 1, false) FROM academic_years")
