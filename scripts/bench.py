@@ -197,6 +197,9 @@ def measure(scale: int, upsert_rows: int) -> dict:
         assert noop.status == "nothing", noop.reason
         res["noop_apply_timings"] = noop.result.timings if noop.result else {}
         target.close()
+        # SPEC §9's peak memory is the import's (profile, rows, plan, apply, verify, no-op); the baselines
+        # below build their own copies of the rows (uuids joined on, Python lists) and are reported apart
+        res["peak_memory_mb"] = _peak_mb()
         tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
                   "question_responses": rows.question_responses}
         res["bare_copy_s"] = bare_copy(dsn, tables)
@@ -204,13 +207,25 @@ def measure(scale: int, upsert_rows: int) -> dict:
         res["upserts"] = [batched_upserts(dsn, rows, upsert_rows, b) for b in BATCHES]
     res["rows"] = {t: d.num_rows for t, d in tables.items()}
     res["applied"] = outcome.result.applied["applied"]
-    res["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_memory_with_baselines_mb"] = _peak_mb()
     return res
 
 
+def _peak_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def ratios(res: dict, base: dict | None) -> list[tuple[str, str, str, bool]]:
-    """(measure, value, bar, met) rows of SPEC.md §9."""
+    """(measure, value, bar, met) rows of SPEC.md §9: the realistic-scale bars, or for a larger scale
+    (``base`` given) its two bars, time within 11x of the realistic run and peak memory."""
     pa_s = res["plan_s"] + res["apply_s"]
+    memory = ("peak memory (the import)", f"{res['peak_memory_mb']:.0f} MB", "≤ 2048 MB", res["peak_memory_mb"] <= 2048)
+    baselines = ("  (info) peak incl. the baselines", f"{res['peak_memory_with_baselines_mb']:.0f} MB", "(no bar)", True)
+    if base:
+        base_s = base["plan_s"] + base["apply_s"]
+        return [(f"{res['scale']}× scale time ratio", f"{pa_s / base_s:.1f}×", f"≤ {res['scale'] + 1}×",
+                 pa_s <= (res["scale"] + 1) * base_s), memory, baselines]
     fastest_upsert = min(u["extrapolated_total_s"] for u in res["upserts"])
     out = [("csv_profile", f"{res['csv_profile_s']:.1f} s", "≤ 10 s", res["csv_profile_s"] <= 10),
            ("plan + apply", f"{pa_s:.1f} s", "≤ 30 s", pa_s <= 30),
@@ -220,10 +235,7 @@ def ratios(res: dict, base: dict | None) -> list[tuple[str, str, str, bool]]:
            ("batched upserts / plan + apply", f"{fastest_upsert / pa_s:.2f}×", "≥ 50×", fastest_upsert >= 50 * pa_s),
            ("no-op re-run: apply", f"{res['noop_apply_s']:.1f} s", "≤ 5 s", res["noop_apply_s"] <= 5),
            ("no-op re-run: plan", f"{res['noop_plan_s']:.1f} s", "≤ 5 s", res["noop_plan_s"] <= 5),
-           ("peak memory", f"{res['peak_memory_mb']:.0f} MB", "≤ 2048 MB", res["peak_memory_mb"] <= 2048)]
-    if base:
-        base_s = base["plan_s"] + base["apply_s"]
-        out.append(("10× scale time ratio", f"{pa_s / base_s:.1f}×", "≤ 11×", pa_s <= 11 * base_s))
+           memory, baselines]
     return out
 
 

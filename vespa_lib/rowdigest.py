@@ -1,8 +1,8 @@
 """Prove desired row groups unchanged against live rows without joining them row by row. Read-only.
 
 Used by the planner's fast path (SPEC.md §9: a re-run that finds nothing to do ≤ 5 s): the desired
-rows (Arrow) and the live rows of the same years (Arrow, read over COPY) are aggregated per student
-group (academic_year, email) in a private in-memory DuckDB: row count and two exact sums of DuckDB's
+rows (Arrow) and the live rows of the same years (an Arrow stream read over COPY) are aggregated per
+student group (academic_year, email) in a private in-memory DuckDB: row count and two exact sums of DuckDB's
 64-bit row hash (two seeds) over the typed values. Equal aggregates mean equal multisets of rows
 (a false proof needs both sums to collide within one group). Only groups that differ are staged.
 """
@@ -22,14 +22,13 @@ def unchanged_groups(table: Any, keys: list[str], columns: list[tuple[str, str]]
     ((name, SQL type) pairs; live values may be text, both sides are cast to the type), except that
     with ``ids`` (Arrow: student_id, email) live rows carry ``student_id`` in place of ``email`` and
     are resolved through it (an inner join, as the database's foreign key does); ``keys`` are the
-    natural key columns. A group is proven
-    unchanged when its desired and live rows are the same multiset of (key, values): equal row counts
-    and equal sums of two 64-bit DuckDB hashes of every typed row (two seeds; a false proof needs both
-    sums to collide within one group). Desired keys must be unique (the planner checks that first).
-    Returns ({year: rows proven unchanged}, indices of the desired rows left to classify, the proven
-    groups as Arrow (email, academic_year)), or None
-    when a value does not cast (the full path then reports it). Read-only: runs in a private in-memory
-    DuckDB; aggregates per group instead of joining a million rows to a million (~3x faster)."""
+    natural key columns. A group is proven unchanged when its desired and live rows are the same
+    multiset of (key, values): equal row counts and equal sums of two 64-bit DuckDB hashes of every
+    typed row (two seeds; a false proof needs both sums to collide within one group). Desired keys must
+    be unique (the planner checks that first). Returns ({year: rows proven unchanged}, indices of the
+    desired rows left to classify, the proven groups as Arrow (email, academic_year)), or None when a
+    value does not cast (the full path then reports it). Read-only: runs in a private, memory-capped
+    DuckDB (``duckwork``); aggregates per group instead of joining a million rows to a million."""
     import duckdb  # noqa: PLC0415 - only the planner's fast path needs it
     import pyarrow as pa  # noqa: PLC0415
 

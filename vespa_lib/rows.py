@@ -309,7 +309,7 @@ def _drop_work_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 # An answer row repeats its student's email, its year and its question id: held dictionary-encoded
 # (one copy of each value, a 4-byte index per row), the answers of 10x the realistic scale (11 M rows)
-# take 0.35 GB instead of 0.87 GB (SPEC.md §9: 10x within 2 GB). Readers see the same values.
+# take 0.26 GB instead of 0.87 GB (SPEC.md §9: 10x within 2 GB). Readers see the same values.
 _REPEATED = ("email", "academic_year", "question_id")
 
 
