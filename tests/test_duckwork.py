@@ -15,12 +15,13 @@ def _setting(con, name: str) -> str:
     return con.execute(f"SELECT current_setting('{name}')").fetchall()[0][0]
 
 
-def test_memory_cap_defaults_to_1gb_and_follows_the_environment(monkeypatch):
+def test_memory_cap_defaults_to_512mb_and_follows_the_environment(monkeypatch):
     monkeypatch.delenv(duckwork.MEMORY_ENV, raising=False)
-    assert duckwork.memory_limit() == "1GB"
-    monkeypatch.setenv(duckwork.MEMORY_ENV, "512MB")
+    assert duckwork.memory_limit() == "512MB"
+    assert _setting(duckwork.connect(), "memory_limit") == "488.2 MiB"  # 512 MB, as DuckDB reports it
+    monkeypatch.setenv(duckwork.MEMORY_ENV, "2GB")
     con = duckwork.connect()
-    assert _setting(con, "memory_limit") == "488.2 MiB"  # 512 MB, as DuckDB reports it
+    assert _setting(con, "memory_limit") == "1.8 GiB"
     con.close()
     for bad in ("lots", "1 banana", "-1GB"):
         monkeypatch.setenv(duckwork.MEMORY_ENV, bad)

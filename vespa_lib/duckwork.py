@@ -3,7 +3,7 @@ chains build, the planner's hashes (SPEC.md §9: 10× the realistic scale within
 
 DuckDB's default memory limit is 80% of the machine's RAM, so on a large input it holds everything in
 memory (10× object_10 + the answers unpivot: 5.5 GB). ``connect`` caps it (``VESPA_DUCKDB_MEMORY``,
-default ``1GB``) and gives it a private spill folder under the system temp folder, which DuckDB
+default ``512MB``) and gives it a private spill folder under the system temp folder, which DuckDB
 creates only when it spills and removes when the connection closes (never ``.tmp`` in the notebook's
 working folder, DuckDB's default for an in-memory database). Databases a user names (targets,
 rehearsal copies) are opened with their owner's settings, not through here.
@@ -23,11 +23,11 @@ from .errors import ParameterError
 __all__ = ["DEFAULT_MEMORY", "MEMORY_ENV", "connect", "memory_limit"]
 
 MEMORY_ENV = "VESPA_DUCKDB_MEMORY"
-DEFAULT_MEMORY = "1GB"
+DEFAULT_MEMORY = "512MB"  # per connection: a snapshot and the planner may each hold one
 
 
 def memory_limit() -> str:
-    """The cap for work connections: ``$VESPA_DUCKDB_MEMORY`` (DuckDB syntax: ``1GB``, ``512MB``) or 1GB."""
+    """The cap for work connections: ``$VESPA_DUCKDB_MEMORY`` (DuckDB syntax: ``1GB``, ``512MB``) or 512MB."""
     value = os.environ.get(MEMORY_ENV, "").strip() or DEFAULT_MEMORY
     digits = value.upper().rstrip("IB").rstrip("KMGT").strip()
     if not digits.replace(".", "", 1).isdigit():
