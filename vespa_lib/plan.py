@@ -504,9 +504,9 @@ def _live_rows(con: Any, spec: TableSpec, cols: list[str], years: list[str]
     Read-only.
 
     PostgreSQL: a stream of Arrow batches over one ``COPY ... TO STDOUT`` (SPEC.md §4: bulk reads
-    over COPY; §9: never all in memory), to be read once, rows by student id (a number, not a 30-byte
-    email per row: the join is the reader's, in DuckDB); dates rendered ISO whatever the server's
-    DateStyle; NULL unquoted, empty text quoted."""
+    over COPY; §9: never all in memory), to be read once; scores and answers carry their
+    ``student_id``, which the reader resolves to emails in DuckDB (no join per row in Python); dates
+    rendered ISO whatever the server's DateStyle; NULL unquoted, empty text quoted."""
     join = "JOIN students s ON s.id = t.student_id " if spec.via_student else ""
     exprs = [(f"s.{q(c)}" if spec.via_student and c == "email" else f"t.{q(c)}") for c in cols]
     if dialect_of(con) == "duckdb":

@@ -220,10 +220,9 @@ def _load(con, obj: str, info: _FileInfo, res: fieldmap.Resolution, columns: dic
     row = f"concat({', '.join(names)})"
     newlines = f"strlen({row}) - strlen(replace({row}, chr(10), ''))"  # bytes: O(1) per string
     rich = {n for n in res.found if columns[n].kind == "rich_text"}
-    kept = [_ident(by_header[res.found[n]]) for n in sorted(res.found) if n not in rich]
-    kept += [f"NOT regexp_full_match({_ident(by_header[res.found[n]])}, '\\s*') AS {_ident(FILLED + n)}"
-             for n in sorted(rich)]
-    kept = ", ".join(kept) or "NULL AS _none"
+    kept = ", ".join([_ident(by_header[res.found[n]]) for n in sorted(res.found) if n not in rich] +
+                     [f"NOT regexp_full_match({_ident(by_header[res.found[n]])}, '\\s*') AS {_ident(FILLED + n)}"
+                      for n in sorted(rich)]) or "NULL AS _none"
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {raw} AS SELECT {kept}, {newlines} AS _nl "
                     f"FROM ({_READ_SQL.format(cols=cols)})", [str(info.path)])
