@@ -188,3 +188,16 @@ def test_audit_over_rest_with_an_expired_key_names_what_was_refused(rest_audit, 
     assert "HTTP 401" in manifest["error"] and "JWT expired" in manifest["error"]
     assert "reading ." not in manifest["error"] and "AUDIT_SB_KEY" in manifest["error"]
     assert EXPIRED_KEY not in json.dumps(manifest)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize(("runbook", "params"), [("year_transition", ["mode=validate"]),
+                                                  ("sync_check", ["source=csv:{snapshot}", "mode=plan"])])
+def test_runbooks_needing_a_connection_refuse_rest_clearly(rest_audit, damaged, tmp_path, runbook, params):
+    argv = ["--notebooks", str(REPO / "notebooks"), "--outputs", str(tmp_path / "other"), "run", runbook,
+            "-p", "target=supabase:AUDIT_SB_URL,AUDIT_SB_KEY"]
+    for p in params:
+        argv += ["-p", p.format(snapshot=damaged.database.parent / "snapshot")]
+    assert cli.main(argv) == 1
+    manifest = json.loads(next((tmp_path / "other").glob("*/*/manifest.json")).read_text())
+    assert manifest["error"].startswith("TargetError: ") and "postgres:ENV_VAR" in manifest["error"]
