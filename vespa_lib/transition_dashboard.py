@@ -98,8 +98,8 @@ def column_scales(con: Any, table: str) -> dict[str, int]:
     Production stores statistics as decimal(4,2) (DOMAIN.md §6 as production has it); double
     columns have no scale and are compared at full precision. Read-only."""
     rows = run(con, "SELECT column_name, numeric_scale FROM information_schema.columns WHERE table_name = ? "
-                    "AND table_schema IN ('public', 'main') AND (lower(data_type) LIKE 'numeric%' "
-                    "OR lower(data_type) LIKE 'decimal%')", [table])
+                    "AND table_schema IN ('public', 'main') AND (lower(data_type) LIKE ? OR lower(data_type) LIKE ?)",
+               [table, "numeric%", "decimal%"])
     return {name: int(scale) for name, scale in rows if scale is not None}
 
 
