@@ -162,9 +162,23 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def _print_summary(manifest: dict[str, Any]) -> None:
+    """One verdict line, then each failed check and the error. A run whose write committed says so
+    first ("APPLIED (write committed), then post-check failed: X"): the write stands, nobody should
+    undo or repeat it because a check after the commit failed."""
     checks = manifest.get("checks") or []
     passed = sum(1 for c in checks if c["passed"])
-    print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
+    failed = [c["name"] for c in checks if not c["passed"]]
+    if manifest.get("write_committed") and manifest["status"] != "passed":
+        after = f"post-check failed: {', '.join(failed)}" if failed else f"the run failed: {manifest.get('error')}"
+        print(f"{manifest['runbook']}: APPLIED (write committed), then {after} ({passed}/{len(checks)} checks passed)")
+        written = manifest.get("written") or {}
+        if written.get("run_id"):
+            print(f"  the write of run {written['run_id']} stands: do not repeat it; undo only on purpose "
+                  f"(vespa-ops undo {written['run_id']})")
+    elif manifest.get("write_committed"):
+        print(f"{manifest['runbook']}: PASSED ({passed}/{len(checks)} checks passed; write committed)")
+    else:
+        print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
     for check in checks:
         if not check["passed"]:
             print(f"  FAILED {check['name']}: {check.get('detail', '')}")

@@ -48,8 +48,9 @@ from .transition_checks import (  # noqa: F401 - re-exported API
 from .transition_dashboard import dashboard_year_switching, national_benchmarks_complete  # noqa: F401
 from .transition_ledger import DATA_TABLES, live_counts, year_counts
 
-__all__ = ["MODES", "RUNBOOK", "STATE_TABLES", "Rollover", "apply_rollover", "close_year_for", "frozen_checksums",
-           "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "sync_readiness", "validate_all"]
+__all__ = ["MODES", "RUNBOOK", "STATE_TABLES", "Rollover", "apply_rollover", "close_year_for", "committed_message",
+           "frozen_checksums", "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "sync_readiness",
+           "validate_all", "written_record"]
 
 RUNBOOK = "year_transition"
 MODES = ("validate", "rollover")
@@ -313,3 +314,26 @@ def apply_rollover(con: Any, as_of: date, close_year: str = "", *, approve: str,
         guard._close_run(con, run_id, counts)
         guard.crash_point("before_commit")
     return counts
+
+
+# --- after the commit -----------------------------------------------------------------------------
+
+
+def written_record(applied: dict, run_id: str) -> dict:
+    """What a committed rollover wrote, for the run's manifest (``written``): the run id to undo it by,
+    the years closed and opened, rows marked archived per table, ``academic_years`` changes and the
+    statistics rows recomputed. Pure."""
+    statistics = {t: ops for t, ops in (applied.get("statistics") or {}).items() if any((ops or {}).values())}
+    return {"run_id": run_id, "rollover": applied["rollover"], "marked": applied["marked"],
+            "academic_years": applied["academic_years"], "statistics": statistics,
+            "undo": f"vespa-ops undo {run_id} --target <the same target>"}
+
+
+def committed_message(applied: dict, run_id: str) -> str:
+    """The sentence a run prints as soon as its rollover committed: it is applied, whatever a later check
+    says, so nobody undoes or repeats a good rollover by mistake. Pure."""
+    r = applied["rollover"]
+    return (f"APPLIED: the rollover committed as run {run_id}: {r['close']} closed (archived), {r['open']} open and "
+            f"current; {sum(applied['marked'].values()):,} rows marked archived. The checks below verify it: if one "
+            "fails, the rollover stays applied; do not repeat it, and undo it only on purpose "
+            f"(vespa-ops undo {run_id}).")
