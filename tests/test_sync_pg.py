@@ -86,19 +86,20 @@ def test_an_old_style_upsert_into_the_archived_year_is_refused_by_the_database(p
 # --- the review-before-approve path through vespa-ops ---------------------------------------------
 
 
-def footprint(dsn: str) -> dict:
+def footprint(dsn: str, open_con) -> dict:
     """Everything a write to the database would change: the relations outside temporary schemas, every
     row of every table of public and vespa_ops, and each table's write counters (which count rolled-back
-    writes too). Read in a read-only transaction, once the runs' sessions have ended (they report their
-    counters as they end)."""
+    writes too). Read in a read-only transaction once every other session but ``open_con`` has ended
+    (a session reports its counters as it ends); ``open_con`` is made to report its own first."""
     import time
 
     from vespa_lib.guard import table_checksums
 
+    open_con.execute("SELECT pg_stat_force_next_flush()")  # reported before the statement returns
     with psycopg.connect(dsn, autocommit=True) as con:
-        for _ in range(100):
+        for _ in range(200):
             if not con.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                               "AND pid <> pg_backend_pid() AND application_name = 'vespa-ops'").fetchone()[0]:
+                               "AND pid NOT IN (pg_backend_pid(), %s)", [open_con.info.backend_pid]).fetchone()[0]:
                 break
             time.sleep(0.1)
         with con.transaction():
@@ -125,10 +126,10 @@ def test_plan_mode_on_postgres_writes_nothing_then_the_approved_fingerprint_appl
 
     monkeypatch.setenv("VESPA_TEST_SYNC_DSN", pg_dsn)
     source, spec = f"csv:{world / 'fresh_export'}", "postgres:VESPA_TEST_SYNC_DSN"
-    before = footprint(pg_dsn)
+    before = footprint(pg_dsn, pg)
     plan = ops_sync(tmp_path / "o1", source, spec, "mode=plan", "approve=")
     assert (plan["exit"], plan["status"], plan["sync_status"]) == (0, "passed", "planned"), plan["error"]
-    assert footprint(pg_dsn) == before
+    assert footprint(pg_dsn, pg) == before
     fingerprint = plan["plan_fingerprint"]
     assert plan["plan"]["fingerprint"] == fingerprint and changes(plan["plan"]) > 0
 
