@@ -119,15 +119,18 @@ def test_sync_check_writes_the_calendar_schools_2026_cycle_1_as_2026_2026(synced
                           "JOIN vespa_scores v ON v.student_id = s.id WHERE s.email = ? AND s.academic_year = ?",
                           [rec["email"], CAL]).fetchall()
         assert row == [(CAL, 1, CAL, date(2026, 3, 2))]
-        # every row the sync wrote carries its school's running year: UK schools 2025/2026, the calendar school 2026/2026
+        # UK-rule schools stay in 2025/2026; the calendar school's synced students are in 2026/2026 (its
+        # 2025/2026 rows left are those of records set aside, kept as they are: never deleted while in Knack)
         labels = dict(con.execute("SELECT CASE WHEN establishment_id = CAST(? AS UUID) THEN 'calendar' ELSE 'uk' END, "
-                                  "string_agg(DISTINCT academic_year, ',' ORDER BY academic_year) FROM students "
+                                  "list(DISTINCT academic_year ORDER BY academic_year) FROM students "
                                   "WHERE academic_year NOT IN ('2024/2025', '2024/2024') GROUP BY 1", [est]).fetchall())
-        assert labels == {"calendar": CAL, "uk": UK}
+        assert labels["uk"] == [UK] and CAL in labels["calendar"] and "2025/2025" not in labels["calendar"]
         # counted nationally in its benchmark year 2026/2027 (DOMAIN: Y/Y counts in Y/Y+1)
         assert con.execute("SELECT count(*) FROM national_statistics WHERE academic_year = ?", [CAL_NEXT]).fetchone()[0]
     finally:
         con.close()
+    proof = next(c for c in run["manifest"]["checks"] if c["name"] == "running_year_per_establishment")
+    assert proof["passed"] and proof["figures"]["calendar_running_year"] == CAL
     unsyncable = Path(run["manifest"]["_folder"])
     set_aside = "".join(p.read_text(encoding="utf-8") for p in unsyncable.rglob("unsyncable*.csv"))
     assert rec["record_id"] not in set_aside
