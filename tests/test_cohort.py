@@ -47,23 +47,30 @@ def world(tmp_path_factory) -> Path:
 
 
 def old_students(con, n: int = 2) -> list[dict]:
-    """2024/2025 students with a cycle-1 row, not in 2025/2026: email and the six cycle-1 scores."""
-    rows = con.execute(f"""SELECT lower(s.email), {', '.join('t.' + e for e in ELEMENTS)}, s.knack_id
+    """2024/2025 students with only a cycle-1 row, not in 2025/2026: email, cycle-1 scores, attributes."""
+    attrs = ("name", "year_group", "group", "course", "faculty", "gender")
+    rows = con.execute(f"""SELECT lower(s.email), {', '.join('t.' + e for e in ELEMENTS)}, s.knack_id,
+               {', '.join(f's."{a}"' for a in attrs)}
         FROM students s JOIN vespa_scores t ON t.student_id = s.id AND t.cycle = 1 AND t.academic_year = s.academic_year
         WHERE s.academic_year = '{OLD}' AND lower(s.email) NOT IN
               (SELECT lower(email) FROM students WHERE academic_year <> '{OLD}')
+          AND NOT EXISTS (SELECT 1 FROM vespa_scores o WHERE o.student_id = s.id AND o.cycle > 1)
         ORDER BY 1 LIMIT {n}""").fetchall()
-    return [{"email": r[0], "c1": tuple(r[1:7]), "knack_id": r[7]} for r in rows]
+    return [{"email": r[0], "c1": tuple(r[1:7]), "knack_id": r[7], "attrs": dict(zip(attrs, r[8:], strict=True))}
+            for r in rows]
 
 
 def _other(six: tuple) -> tuple:
     return tuple(v % 10 + 1 for v in six)
 
 
-def record(template: dict, rid: str, email: str, day: str, cycles: dict[int, tuple]) -> dict:
-    """A copy of an object_10 row with its own id, email, completion date and per-cycle scores."""
+def record(template: dict, rid: str, email: str, day: str, cycles: dict[int, tuple], attrs: dict) -> dict:
+    """A copy of an object_10 row with its own id, email, completion date, per-cycle scores and the
+    database student's attributes."""
     row = dict(template)
-    row.update({"id": rid, HEAD["email"]: email, HEAD["completion_date"]: day})
+    row.update({"id": rid, HEAD["email"]: email, HEAD["completion_date"]: day, HEAD["first_name"]: "",
+                HEAD["last_name"]: "", HEAD["full_name"]: attrs["name"] or ""})
+    row.update({HEAD[k]: attrs[k] or "" for k in ("year_group", "group", "course", "faculty", "gender")})
     for c in (1, 2, 3):
         for e in ELEMENTS:
             row[HEAD[f"c{c}_{e}"]] = str(cycles[c][ELEMENTS.index(e)]) if c in cycles else ""
@@ -106,8 +113,9 @@ def case(world, tmp_path):
     con.execute(f"UPDATE vespa_scores SET completion_date = DATE '2025-05-12' WHERE cycle = 1 AND academic_year = '{OLD}' "
                 f"AND student_id = (SELECT id FROM students WHERE lower(email) = ? AND academic_year = '{OLD}')",
                 [a["email"]])
-    late = record(template(world), a["knack_id"], a["email"], "02/08/2025 10:15", {1: a["c1"], 3: _other(a["c1"])})
-    reset = record(template(world), "68d0aa00aa00aa00aa00aa01", b["email"], "15/09/2025 09:00", {1: _other(b["c1"])})
+    late = record(template(world), a["knack_id"], a["email"], "02/08/2025 10:15", {1: a["c1"], 3: _other(a["c1"])},
+                  a["attrs"])
+    reset = record(template(world), "68d0aa00aa00aa00aa00aa01", b["email"], "15/09/2025 09:00", {1: _other(b["c1"])}, b["attrs"])
     export = export_with(world, tmp_path / "export", [late, reset])
     yield con, export, a, b
     con.close()
@@ -173,7 +181,7 @@ def test_the_sync_sets_a_late_cycle_of_an_archived_year_aside_and_says_how_to_ad
 def test_the_guarded_import_of_the_archived_year_adds_only_the_late_cycle(case):
     con, export, a, b = case
     archive_old(con)
-    before = con.execute(f"SELECT count(*) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchone()[0]
+    before = con.execute(f"SELECT count(*) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchall()[0][0]
     snap = open_snapshot(export)
     rows = importer.import_rows(snap, OLD, con, convert_q29_percentage=True, establishment_scope=None,
                                 late_cycles_only=True)
@@ -181,16 +189,16 @@ def test_the_guarded_import_of_the_archived_year_adds_only_the_late_cycle(case):
     desired = importer.desired_for(rows, con, OLD, None, repairs)
     plan = importer.plan_import(con, desired, [OLD], repairs)
     totals = importer.totals(plan.counts())
-    assert totals["vespa_scores"]["insert"] == 1
+    assert totals["vespa_scores"]["insert"] == 1, (plan.counts(), plan.refused_reasons, plan.samples)
     assert {t: {op: totals[t][op] for op in ("update", "delete", "refused")} for t in totals} == {
         t: {"update": 0, "delete": 0, "refused": 0} for t in totals}
     assert totals["students"]["insert"] == 0
     out = importer.apply_import(con, desired, rows, approve=plan.fingerprint, run_id="late1", target_kind="duckdb",
                                 archive=[OLD], planned=plan, repairs=repairs)
     assert out.status == "applied", out.reason
-    after = con.execute(f"SELECT count(*) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchone()[0]
+    after = con.execute(f"SELECT count(*) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchall()[0][0]
     assert after == before + 1
-    assert con.execute(f"SELECT bool_and(is_archived) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchone()[0]
+    assert con.execute(f"SELECT bool_and(is_archived) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchall()[0][0]
     sp = sync.plan_sync(f"csv:{export}", con, AS_OF)  # the next night: nothing left to set aside
     assert sp.rows.rule_counts["quarantine.late_cycle_of_archived_year"] == 1  # still late, still archived
     assert sp.passed

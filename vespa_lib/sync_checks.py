@@ -16,7 +16,8 @@ Each is ``{"name", "passed", "figures", "detail"}``, as ``runbook.Run.check`` ta
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -30,7 +31,7 @@ from .rows_sql import ELEMENTS
 from .schema import dialect_of
 from .years import uk_year_sql
 
-__all__ = ["Drift", "concat", "drift", "fetch_arrow", "kept_as_is", "label_proof", "proofs", "unsyncable"]
+__all__ = ["Drift", "concat", "drift", "fetch_arrow", "kept_as_is", "label_proof", "late_cycles", "proofs", "unsyncable"]
 
 KEYS = {"students": ("email", "cy"), "vespa_scores": ("email", "cy", "cycle"),
         "question_responses": ("email", "cy", "cycle", "question_id")}
@@ -41,7 +42,8 @@ COMPARED = {"students": ("academic_year", "knack_id", "name", "establishment_id"
 # Reasons a record cannot be synced, grouped as issue 5 item 4 names them.
 REASON_GROUPS = {"no_email": "no_email", "invalid_email": "no_email", "no_establishment": "no_establishment",
                  "unknown_establishment": "no_establishment", "no_date": "no_date", "bad_date": "no_date",
-                 "stale_date": "other_year", "outside_import_year": "other_year"}
+                 "stale_date": "other_year", "outside_import_year": "other_year",
+                 "late_cycle_of_archived_year": "late_cycle"}
 
 
 def _q(name: str) -> str:
@@ -213,6 +215,7 @@ class Drift:
     rows: pd.DataFrame
     students: pd.DataFrame
     summary: pd.DataFrame
+    late_cycles: pd.DataFrame = field(default_factory=pd.DataFrame)  # set aside: a person adds them
 
     def kinds(self) -> dict[str, int]:
         """Students per drift kind."""
@@ -316,6 +319,24 @@ ORDER BY 1, 2
 """
 
 
+def late_cycles(rows: Any, src: Any) -> pd.DataFrame:
+    """Late cycles of an archived year the sync set aside (docs/DOMAIN.md, "Cohort rule across 1 August"):
+    record, file line, cohort year, and how a person adds them: a guarded import of that year from this
+    export with ``late_cycles_only`` (it plans only those records; approve its fingerprint). Read-only."""
+    q = rows.quarantine.to_pandas()
+    q = q[q["reason"] == "late_cycle_of_archived_year"]
+    cols = ["record_id", "line_number", "email", "cohort_year", "detail", "how_to_add"]
+    if q.empty:
+        return pd.DataFrame(columns=cols)
+    folder = Path(next(iter(src.files.values()))).parent if getattr(src, "files", None) else "<a fresh export folder>"
+    q["cohort_year"] = q["detail"].str.extract(r"continues the (\d{4}/\d{4}) cohort", expand=False)
+    q["how_to_add"] = q["cohort_year"].map(
+        lambda y: f"vespa-ops run import -p snapshot_dir={folder} -p academic_year={y} -p late_cycles_only=true "
+                  "-p mode=plan; review the plan (only the late cycles), then run again with -p mode=apply "
+                  "-p approve=<its fingerprint>")
+    return q[cols].reset_index(drop=True)
+
+
 def unsyncable(rows: Any) -> pd.DataFrame:
     """Records the source has that cannot be synced: object, record, reason, group, detail. Read-only."""
     q = rows.quarantine.to_pandas()
@@ -334,8 +355,10 @@ def _check(name: str, passed: bool, figures: dict, detail: str) -> dict:
 
 
 def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift, *, labels: list[str],
-           archived: list[str], est_ids: list[str] | None, anchored: list[tuple[str, str]] = ()) -> list[dict]:
-    """The six proofs of issue 5 item 3, each with its figures. Read-only."""
+           archived: list[str], est_ids: list[str] | None, anchored: list[tuple[str, str]] = (),
+           own_labels: list[str] | None = None) -> list[dict]:
+    """The six proofs of issue 5 item 3, each with its figures. Read-only. ``own_labels``: the sync's
+    own years when ``labels`` also holds an open cohort year it writes a late cycle into."""
     dc = duckwork.connect()
     for table in KEYS:
         dc.register(table, desired.tables[table])
@@ -343,7 +366,8 @@ def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift
     dc.register("built_scores", rows.vespa_scores)
     dc.register("ests", fetch_arrow(con, "SELECT CAST(id AS TEXT) AS id, knack_id, is_australian, use_standard_year "
                                          "FROM establishments"))
-    return [_archived(dc, plan, archived), _own_dates(dc, rows), _one_year(dc), _no_f10(dc, src, rows),
+    return [_archived(dc, plan, archived), _own_dates(dc, rows), _one_year(dc, own_labels or labels),
+            _no_f10(dc, src, rows),
             _other_years(dc, plan, labels, rows), _deletions(plan, drift_, labels, est_ids, list(anchored))]
 
 
@@ -358,31 +382,38 @@ def _archived(dc: duckdb.DuckDBPyConnection, plan: Any, archived: list[str]) -> 
 
 
 def _own_dates(dc: duckdb.DuckDBPyConnection, rows: Any) -> dict:
-    """F1: each built student's year equals the year of its own latest completion date."""
+    """F1: each built student's year equals the year of its own latest completion date, except a late cycle
+    continuing its cycle-1 cohort (docs/DOMAIN.md, "Cohort rule across 1 August"), counted apart."""
     year_of = (f"CASE WHEN coalesce(e.is_australian AND e.use_standard_year = false, false) "
                f"THEN CAST(year(d) AS VARCHAR) || '/' || CAST(year(d) AS VARCHAR) ELSE {uk_year_sql('d')} END")
     bad = dc.execute(f"""SELECT count(*) FILTER (d IS NULL), count(*) FILTER ({year_of} <> s.academic_year), count(*)
         FROM built_students s LEFT JOIN ests e ON e.id = CAST(s.establishment_id AS VARCHAR)
         LEFT JOIN (SELECT email, academic_year, max(completion_date) AS d FROM built_scores GROUP BY 1, 2) c
-               ON c.email = s.email AND c.academic_year = s.academic_year""").fetchall()[0]
+               ON c.email = s.email AND c.academic_year = s.academic_year
+        WHERE s._year_rule IS DISTINCT FROM 'cohort_continued'""").fetchall()[0]
     fallback = int(rows.rule_counts.get("year_rule.snapshot_year", 0))
     figures = {"students": bad[2], "without_own_date": bad[0], "year_differs_from_date": bad[1],
-               "decided_by_fallback": fallback, "set_aside_no_date": int(rows.rule_counts.get("quarantine.no_date", 0)),
+               "decided_by_fallback": fallback,
+               "late_cycles_of_open_cohorts": int(rows.rule_counts.get("year_rule.cohort_continued", 0)),
+               "set_aside_no_date": int(rows.rule_counts.get("quarantine.no_date", 0)),
                "set_aside_bad_date": int(rows.rule_counts.get("quarantine.bad_date", 0))}
     return _check("years_from_own_dates", not (bad[0] or bad[1] or fallback), figures,
                   "every row's year is its record's completion date's year (F1); blank dates are set aside")
 
 
-def _one_year(dc: duckdb.DuckDBPyConnection) -> dict:
-    """F8: every answered student × cycle has scores of the same year, and one year only."""
+def _one_year(dc: duckdb.DuckDBPyConnection, own: list[str]) -> dict:
+    """F8: every answered student × cycle has scores of the same year, and one year only (among the
+    sync's own years: an open cohort year's kept rows hold re-enrolled students' earlier cycles)."""
     r = dc.execute("""SELECT
-        (SELECT count(*) FROM (SELECT DISTINCT email, academic_year, cycle FROM question_responses) a
+        (SELECT count(*) FROM (SELECT DISTINCT email, academic_year, cycle FROM question_responses
+                                 WHERE list_contains($own, academic_year)) a
          WHERE NOT EXISTS (SELECT 1 FROM vespa_scores s WHERE s.email = a.email AND s.cycle = a.cycle
                            AND s.academic_year = a.academic_year)),
         (SELECT count(*) FROM (SELECT email, cycle FROM (SELECT email, cycle, academic_year FROM vespa_scores
                                UNION SELECT email, cycle, academic_year FROM question_responses)
+                               WHERE list_contains($own, academic_year)
                                GROUP BY 1, 2 HAVING count(DISTINCT academic_year) > 1)),
-        (SELECT count(*) FROM (SELECT DISTINCT email, cycle FROM question_responses))""").fetchall()[0]
+        (SELECT count(*) FROM (SELECT DISTINCT email, cycle FROM question_responses))""", {"own": list(own)}).fetchall()[0]
     return _check("one_year_per_student_cycle", not (r[0] or r[1]),
                   {"answered_student_cycles": r[2], "answers_year_differs_from_scores": r[0],
                    "student_cycles_in_two_years": r[1]},
