@@ -46,7 +46,13 @@ def world(tmp_path_factory) -> Path:
     return out
 
 
-def old_students(con, n: int = 2) -> list[dict]:
+def planted(world: Path) -> list[str]:
+    """The generator's own late cycles (fresh_truth.csv): set aside as late cycles of 2024/2025."""
+    with (world / "fresh_truth.csv").open(encoding="utf-8") as fh:
+        return sorted(r["email"] for r in csv.DictReader(fh) if r["reason"] == "late_cycle_of_archived_year")
+
+
+def old_students(con, world: Path, n: int = 2) -> list[dict]:
     """2024/2025 students with only a cycle-1 row, not in 2025/2026: email, cycle-1 scores, attributes."""
     attrs = ("name", "year_group", "group", "course", "faculty", "gender")
     rows = con.execute(f"""SELECT lower(s.email), {', '.join('t.' + e for e in ELEMENTS)}, s.knack_id,
@@ -55,7 +61,8 @@ def old_students(con, n: int = 2) -> list[dict]:
         WHERE s.academic_year = '{OLD}' AND lower(s.email) NOT IN
               (SELECT lower(email) FROM students WHERE academic_year <> '{OLD}')
           AND NOT EXISTS (SELECT 1 FROM vespa_scores o WHERE o.student_id = s.id AND o.cycle > 1)
-        ORDER BY 1 LIMIT {n}""").fetchall()
+        ORDER BY 1""").fetchall()
+    rows = [r for r in rows if r[0] not in set(planted(world))][:n]
     return [{"email": r[0], "c1": tuple(r[1:7]), "knack_id": r[7], "attrs": dict(zip(attrs, r[8:], strict=True))}
             for r in rows]
 
@@ -109,7 +116,7 @@ def case(world, tmp_path):
     holding A's late cycle 3 (02/08/2025, same cycle 1) and B's reset record (new cycle 1, 15/09/2025)."""
     shutil.copy(world / "production.duckdb", tmp_path / "p.duckdb")
     con = duckdb.connect(str(tmp_path / "p.duckdb"))
-    a, b = old_students(con)
+    a, b = old_students(con, world)
     con.execute(f"UPDATE vespa_scores SET completion_date = DATE '2025-05-12' WHERE cycle = 1 AND academic_year = '{OLD}' "
                 f"AND student_id = (SELECT id FROM students WHERE lower(email) = ? AND academic_year = '{OLD}')",
                 [a["email"]])
@@ -134,7 +141,7 @@ def student_rows(rows, email: str) -> list[dict]:
 # --- the rule chain ---------------------------------------------------------------------------------
 
 
-def test_a_late_cycle_3_continues_the_cycle_1_year_in_the_import(case, tmp_path):
+def test_a_late_cycle_3_continues_the_cycle_1_year_in_the_import(case, world, tmp_path):
     con, export, a, b = case
     snap = open_snapshot(export)
     rows = build_rows(snap, OLD, con, year_fallback=None)
@@ -144,41 +151,42 @@ def test_a_late_cycle_3_continues_the_cycle_1_year_in_the_import(case, tmp_path)
     assert sorted(scores) == [1, 3]
     assert scores[3]["completion_date"] == date(2025, 8, 2)
     assert scores[1]["completion_date"] == date(2025, 5, 12)  # the database's date of cycle 1 is kept
-    assert rows.rule_counts["year_rule.cohort_continued"] == 1
+    assert rows.rule_counts["year_rule.cohort_continued"] == 1 + len(planted(world))
     assert not student_rows(rows, b["email"])  # B's reset record starts 2025/2026: not in this import
 
 
-def test_a_reset_record_starts_a_cohort_in_the_year_of_its_own_date(case):
+def test_a_reset_record_starts_a_cohort_in_the_year_of_its_own_date(case, world):
     con, export, a, b = case
     rows = build_rows(open_snapshot(export), NEW, con, year_fallback=None)
     assert [(r["academic_year"], r["_year_rule"]) for r in student_rows(rows, b["email"])] == [(NEW, "cohort_started")]
     assert rows.rule_counts["year_rule.cohort_started"] >= 1
-    assert rows.rule_counts["records.cohort_continued"] == 1
+    assert rows.rule_counts["records.cohort_continued"] == 1 + len(planted(world))
     assert not student_rows(rows, a["email"])  # A's late cycle stays with 2024/2025
 
 
 # --- the sync ---------------------------------------------------------------------------------------
 
 
-def test_the_sync_sets_a_late_cycle_of_an_archived_year_aside_and_says_how_to_add_it(case):
+def test_the_sync_sets_a_late_cycle_of_an_archived_year_aside_and_says_how_to_add_it(case, world):
     con, export, a, b = case
     archive_old(con)
     sp = sync.plan_sync(f"csv:{export}", con, AS_OF)
     assert sp.passed, [c for c in sp.checks if not c["passed"]]
     late = sp.unsyncable[sp.unsyncable["reason"] == "late_cycle_of_archived_year"]
-    assert late["email"].str.lower().tolist() == [a["email"]]
+    n = 1 + len(planted(world))
+    assert sorted(late["email"].str.lower()) == sorted([a["email"], *planted(world)])
     assert "guarded import of 2024/2025" in late["detail"].iloc[0]
-    assert len(sp.drift.late_cycles) == 1 and sp.drift.late_cycles["cohort_year"].tolist() == [OLD]
+    assert len(sp.drift.late_cycles) == n and set(sp.drift.late_cycles["cohort_year"]) == {OLD}
     assert "late_cycles_only" in sp.drift.late_cycles["how_to_add"].iloc[0]
     students = sp.desired.tables["students"].to_pylist()
     assert not [s for s in students if s["email"] == a["email"]]  # no second copy in 2025/2026
     assert [s["academic_year"] for s in students if s["email"] == b["email"]] == [NEW]
     counts = sp.rows.rule_counts
-    assert counts["records.cohort_continued"] == 1 and counts["quarantine.late_cycle_of_archived_year"] == 1
+    assert counts["records.cohort_continued"] == n and counts["quarantine.late_cycle_of_archived_year"] == n
     assert counts["year_rule.cohort_started"] >= 1
 
 
-def test_the_guarded_import_of_the_archived_year_adds_only_the_late_cycle(case):
+def test_the_guarded_import_of_the_archived_year_adds_only_the_late_cycle(case, world):
     con, export, a, b = case
     archive_old(con)
     before = con.execute(f"SELECT count(*) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchall()[0][0]
@@ -189,7 +197,8 @@ def test_the_guarded_import_of_the_archived_year_adds_only_the_late_cycle(case):
     desired = importer.desired_for(rows, con, OLD, None, repairs)
     plan = importer.plan_import(con, desired, [OLD], repairs)
     totals = importer.totals(plan.counts())
-    assert totals["vespa_scores"]["insert"] == 1, (plan.counts(), plan.refused_reasons, plan.samples)
+    n = 1 + len(planted(world))  # the generator's late cycles and A's
+    assert totals["vespa_scores"]["insert"] == n, (plan.counts(), plan.refused_reasons, plan.samples)
     assert {t: {op: totals[t][op] for op in ("update", "delete", "refused")} for t in totals} == {
         t: {"update": 0, "delete": 0, "refused": 0} for t in totals}
     assert totals["students"]["insert"] == 0
@@ -197,19 +206,19 @@ def test_the_guarded_import_of_the_archived_year_adds_only_the_late_cycle(case):
                                 archive=[OLD], planned=plan, repairs=repairs)
     assert out.status == "applied", out.reason
     after = con.execute(f"SELECT count(*) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchall()[0][0]
-    assert after == before + 1
+    assert after == before + n
     assert con.execute(f"SELECT bool_and(is_archived) FROM vespa_scores WHERE academic_year = '{OLD}'").fetchall()[0][0]
     sp = sync.plan_sync(f"csv:{export}", con, AS_OF)  # the next night: nothing left to set aside
-    assert sp.rows.rule_counts["quarantine.late_cycle_of_archived_year"] == 1  # still late, still archived
+    assert sp.rows.rule_counts["quarantine.late_cycle_of_archived_year"] == n  # still late, still archived
     assert sp.passed
 
 
-def test_a_late_cycle_of_an_open_year_is_written_into_that_year(case):
+def test_a_late_cycle_of_an_open_year_is_written_into_that_year(case, world):
     con, export, a, b = case  # 2024/2025 not archived yet (the rollover has not run)
     sp = sync.plan_sync(f"csv:{export}", con, AS_OF)
     assert sp.passed, [c for c in sp.checks if not c["passed"]]
     counts = sp.plan.counts()
-    assert counts["vespa_scores"][OLD]["insert"] == 1 and counts["vespa_scores"][OLD]["delete"] == 0
+    assert counts["vespa_scores"][OLD]["insert"] == 1 + len(planted(world)) and counts["vespa_scores"][OLD]["delete"] == 0
     assert counts["students"][OLD]["delete"] == 0 and counts["students"][OLD]["update"] == 0
     result = sync.apply_sync(con, sp, approve="auto", run_id="s1", actor="pytest")
     assert result.status == "applied", result.reasons
@@ -222,7 +231,7 @@ def test_a_late_cycle_of_an_open_year_is_written_into_that_year(case):
 # --- the validation ---------------------------------------------------------------------------------
 
 
-def test_the_validation_reports_a_cohort_split_across_two_years(case):
+def test_the_validation_reports_a_cohort_split_across_two_years(case, world):
     con, export, a, b = case
     assert transition.cohort_in_one_year(con).passed  # B's two years are explained by its reset record
     rows = build_rows(open_snapshot(export), NEW, con, year_fallback=None)
@@ -245,7 +254,7 @@ def test_the_validation_reports_a_cohort_split_across_two_years(case):
 
 
 @pytest.mark.postgres
-def test_on_postgres_the_late_cycle_is_set_aside_and_the_import_adds_it(case, pg_dsn, tmp_path):
+def test_on_postgres_the_late_cycle_is_set_aside_and_the_import_adds_it(case, world, pg_dsn, tmp_path):
     from vespa_lib.synth.postgres import load_into_postgres
 
     con, export, a, b = case
@@ -260,7 +269,8 @@ def test_on_postgres_the_late_cycle_is_set_aside_and_the_import_adds_it(case, pg
                        archive_years=archive)
         sp = sync.plan_sync(f"csv:{export}", pg, AS_OF)
         assert sp.passed, [c for c in sp.checks if not c["passed"]]
-        assert sp.rows.rule_counts["quarantine.late_cycle_of_archived_year"] == 1
+        n = 1 + len(planted(world))
+        assert sp.rows.rule_counts["quarantine.late_cycle_of_archived_year"] == n
         assert [s["academic_year"] for s in sp.desired.tables["students"].to_pylist()
                 if s["email"] == b["email"]] == [NEW]
         assert sync.apply_sync(pg, sp, approve=sp.fingerprint, run_id="n1", actor="cron",
@@ -270,7 +280,7 @@ def test_on_postgres_the_late_cycle_is_set_aside_and_the_import_adds_it(case, pg
         repairs = importer.repairs_for(rows, pg, OLD)
         desired = importer.desired_for(rows, pg, OLD, None, repairs)
         plan = importer.plan_import(pg, desired, [OLD], repairs)
-        assert importer.totals(plan.counts())["vespa_scores"]["insert"] == 1
+        assert importer.totals(plan.counts())["vespa_scores"]["insert"] == n
         out = importer.apply_import(pg, desired, rows, approve=plan.fingerprint, run_id="late1",
                                     target_kind="postgres", archive=[OLD], planned=plan, repairs=repairs)
         assert out.status == "applied", out.reason

@@ -190,7 +190,8 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     relabels = kept.pop("_relabels")
     tables = {t: sync_checks.concat(tables[t], kept[t]) for t in TABLES}
     own = labels
-    extra = sorted(set(rows.students.column("academic_year").to_pylist()) - set(labels))  # open cohort years
+    open_cohorts = cohort_years(year, planmod.archived_years(con))[1]  # a late cycle of an open year is written there
+    extra = sorted(set(rows.students.column("academic_year").to_pylist()) & set(open_cohorts) - set(labels))
     if extra:
         tables, labels = _open_cohort_rows(con, tables, extra), sorted(set(labels) | set(extra))
     desired = planmod.Desired(tables, years=labels, establishment_ids=est_ids, allow_delete=True)

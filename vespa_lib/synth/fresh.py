@@ -10,7 +10,9 @@ Planted against the database's current year: new completions (new students; a ne
 existing one), edited scores, students deleted from Knack, stale records dated in the archived year
 (the F2 upsert would have rewritten 2024/2025 with them), a new re-enrolment (same email as a
 2024/2025 student, new record id), F10 copies in the export, blank dates (F1: never today's year)
-and the decoding quirks. Outcome rules (the import chains of docs/ARCHITECTURE.md for the year N of
+the cohort rule across 1 August (a late cycle 2 of a student of the archived year, completed just after
+1 August with the same cycle 1: ``late_cycle_of_archived_year``; a reset record of such a student with a
+new cycle 1: ``cohort_started``) and the decoding quirks. Outcome rules (the import chains of docs/ARCHITECTURE.md for the year N of
 ``as_of``): email → establishment (object_6 account, then unambiguous email domain) → date (blank →
 ``no_date``, unparseable → ``bad_date``, benchmark year before N → ``stale_date``, after N →
 ``outside_current_year``) → scores (F10 copies dropped, none left → ``no_scores``). Calendar-year
@@ -135,6 +137,28 @@ def read_db(path: Path, as_of: date) -> DbYear:
     finally:
         con.close()
     return DbYear(year, schools, students, scores, answers, domains)
+
+
+def read_cycle1(path: Path, year: str) -> dict[tuple[str, str], dict]:
+    """(email, label) -> the database's cycle-1 row of the years before ``year`` (UK and calendar), with
+    the student's record id, school, whether it has later cycles (the cohort rule's evidence). Read-only."""
+    first = int(year[:4])
+    labels = [years.previous_year(year), f"{first - 1}/{first - 1}", f"{first}/{first}"]
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute("""SELECT lower(s.email), t.academic_year, vision, effort, systems, practice, attitude, overall,
+                   s.knack_id, CAST(s.establishment_id AS VARCHAR), s.name, s.year_group,
+                   EXISTS (SELECT 1 FROM vespa_scores o WHERE o.student_id = s.id AND o.cycle > 1),
+                   s.gender, s.course, s.faculty, s."group",
+                   (SELECT map(list(question_id), list(response_value)) FROM question_responses q
+                    WHERE q.student_id = s.id AND q.cycle = 1 AND q.academic_year = t.academic_year)
+            FROM vespa_scores t JOIN students s ON s.id = t.student_id AND s.academic_year = t.academic_year
+            WHERE t.cycle = 1 AND list_contains($1, t.academic_year) ORDER BY 1, 2""", [labels]).fetchall()
+    finally:
+        con.close()
+    return {(r[0], r[1]): {"six": tuple(r[2:8]), "knack_id": r[8], "establishment_id": r[9], "name": r[10],
+                           "year_group": r[11], "later_cycles": r[12], "gender": r[13], "course": r[14],
+                           "faculty": r[15], "group": r[16], "answers": dict(r[17] or {})} for r in rows}
 
 
 def read_snapshot_truth(path: Path) -> list[dict[str, str]]:
@@ -327,6 +351,68 @@ def _plan_new(plan: Plan, db: DbYear, snap: dict[str, dict], rng: random.Random,
             s.quirks.add("blank_date" if cell == "" else "unparseable_date")
 
 
+def _new_six(nprng: np.random.Generator, avoid: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Answers and scores of a new cycle whose six scores differ from ``avoid``."""
+    while True:
+        answers = random_answers(nprng, 1)[0]
+        scores = score_matrix(answers[None])[0]
+        if tuple(int(v) for v in scores) != tuple(avoid):
+            return answers, scores
+
+
+def snapshot_cycles(path: Path) -> dict[str, tuple]:
+    """email -> the taken cycles' six scores of its snapshot record(s) (read-only): a student the import
+    would give other cycles is not planted (the demo imports the snapshot before the sync)."""
+    names = {h: n for n, h in headers("object_10", True)}
+    out: dict[str, tuple] = {}
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        for raw in csv.DictReader(fh):
+            cells = {names.get(h, h): v for h, v in raw.items()}
+            email = knack.decode_email(cells.get("email", ""))
+            if email.ok:
+                taken = tuple(v for c in (1, 2, 3) if (v := _six(cells, f"c{c}")) is not None)
+                out[email.value] = taken if email.value not in out else ()
+    return out
+
+
+def _plan_cohorts(plan: Plan, db: DbYear, cycle1: dict, snap_cycles: dict[str, tuple], rng: random.Random,
+                  nprng: np.random.Generator) -> None:
+    """The cohort rule across 1 August (docs/DOMAIN.md): students of the year before with only a cycle 1 in
+    the database (and no snapshot record the import would rewrite) get either a late cycle 2 completed
+    just after 1 August (same cycle 1: it continues their cohort, an archived year, so it is set aside
+    as ``late_cycle_of_archived_year``) or a reset record (a new record and a new cycle 1 on 15 September:
+    it starts a cohort in the current year, ``cohort_started``)."""
+    taken = {r.student.email for r in plan.records} | {r["email"] for r in db.students}
+    prev = years.previous_year(db.year)
+    pool = [(e, v) for (e, label), v in sorted(cycle1.items()) if label == prev and not v["later_cycles"]
+            and e not in taken and v["establishment_id"] in db.schools and snap_cycles.get(e, (v["six"],)) == (v["six"],)
+            and not _calendar(db.schools[v["establishment_id"]])]
+    k = max(1, min(2, len(pool) // 2))
+    first = years.year_start(db.year)
+    for j, (email, v) in enumerate(rng.sample(pool, min(2 * k, len(pool)))):
+        late = j < k
+        school = db.schools[v["establishment_id"]]
+        name_first, _, name_last = (v["name"] or "Sam Student").partition(" ")
+        created = datetime.combine(first - timedelta(days=300), datetime.min.time())
+        rid = v["knack_id"] if late else object_id(rng, created + timedelta(days=340))
+        s = Student(0, rid, email, name_first, name_last or "Student", school, created,
+                    created + timedelta(days=330), 2 if late else 1, year_group=v["year_group"] or "12")
+        s.o29_link, s.has_object6 = "id", True
+        answers, scores = np.zeros((3, len(QIDS)), np.int8), np.zeros((3, 6), np.int8)
+        if late:
+            answers[0] = [v["answers"].get(q, 0) for q in QIDS]  # the database's cycle 1, unchanged
+            scores[0] = v["six"]
+            answers[1], scores[1] = _new_six(nprng, v["six"])
+            day = first + timedelta(days=rng.randint(1, 9))  # 2..10 August
+        else:
+            answers[0], scores[0] = _new_six(nprng, v["six"])
+            day = date(first.year, 9, 15)
+        _date_cell(rng, s, day)
+        kind = "late_cycle" if late else "reset_record"
+        s.quirks.add(kind)
+        plan.add(Record(s, kind, v if late else None), answers, scores)
+
+
 @dataclass
 class Decision:
     """The outcome the sync must reach for one object_10 record, with its desired rows."""
@@ -366,8 +452,15 @@ def kept_cycles(cells: dict[str, str], day: date) -> dict[int, tuple]:
     return {c: (v, day if c == latest else None) for c, v in kept.items()}
 
 
-def decide(s: Student, cells: dict[str, str], ctx: Context, year: str) -> Decision:
-    """The sync's outcome for one object_10 record (module docstring: the rule chain)."""
+def _previous_label(label: str) -> str:
+    first = int(label[:4]) - 1
+    return f"{first}/{first}" if years.is_calendar_label(label) else f"{first}/{first + 1}"
+
+
+def decide(s: Student, cells: dict[str, str], ctx: Context, year: str, cycle1: dict | None = None) -> Decision:
+    """The sync's outcome for one object_10 record (module docstring: the rule chain). ``cycle1``: the
+    database's cycle-1 rows (``read_cycle1``) for the cohort rule; their years are archived by the time
+    the sync runs (the demo imports and archives them first)."""
     email = knack.decode_email(s.email_cell)
     if not email.ok:
         return Decision("set_aside", "no_email" if email.reason == "blank" else "invalid_email")
@@ -381,6 +474,13 @@ def decide(s: Student, cells: dict[str, str], ctx: Context, year: str) -> Decisi
     label = years.academic_year_for(day, is_australian=school.is_australian,
                                     use_standard_year=school.use_standard_year)
     out = Decision("sync", "", label, "completion_date", school, est_rule)
+    before = (cycle1 or {}).get((email.value, _previous_label(label)))
+    if before is not None and _six(cells, "c1") is not None:
+        if _six(cells, "c1") == tuple(before["six"]):
+            out.expected, out.reason = "set_aside", "late_cycle_of_archived_year"
+            out.year, out.year_rule = _previous_label(label), "cohort_continued"
+            return out
+        out.year_rule = "cohort_started"
     first, current_first = int(label[:4]), int(year[:4])  # Y/Y counts in Y/Y+1 (DOMAIN.md §4)
     if first != current_first:
         out.expected, out.reason = "set_aside", "stale_date" if first < current_first else "outside_current_year"
@@ -500,11 +600,11 @@ def _truth_row(obj: str, rid: str, s: Student, dec: Decision, answer_rows: int, 
 
 
 def _write_records(export: Path, tag: str, pop: Population, plan: Plan, db: DbYear, ctx: Context,
-                   truth: csv.writer, seed: int) -> set[tuple[str, str]]:
+                   truth: csv.writer, seed: int, cycle1: dict | None = None) -> set[tuple[str, str]]:
     """Stream object_10 then object_29 with their truth rows; returns the synced (email, year) keys."""
     rng10, rng29 = random.Random(seed + 61), random.Random(seed + 62)
     cols29 = headers("object_29", False)
-    decisions = [decide(s, _score_cells(pop, r, s), ctx, db.year) for r, s in enumerate(pop.students)]
+    decisions = [decide(s, _score_cells(pop, r, s), ctx, db.year, cycle1) for r, s in enumerate(pop.students)]
     o29 = {r: object29_student_row(pop, r, s, rng29, cols29) for r, s in enumerate(pop.students) if s.o29_link}
     for r, dec in enumerate(decisions):
         if dec.expected == "sync" and r in o29:
@@ -571,6 +671,10 @@ def generate_fresh_export(out_dir: str | Path, *, seed: int = 2025, students: in
     plan = Plan()
     _plan_db_students(plan, db, snap, rng, nprng, as_of)
     _plan_new(plan, db, snap, rng, nprng, as_of, max(6, round(0.04 * len(db.students))) if students is None else students)
+    cycle1 = read_cycle1(out / "production.duckdb", db.year)
+    snap_o10 = next((out / "snapshot").glob("FullObject_10_*.csv"))
+    _plan_cohorts(plan, db, cycle1, snapshot_cycles(snap_o10), random.Random(seed * 1009 + 7),
+                  np.random.default_rng(seed + 607))
     pop = Population(list(db.schools.values()), [r.student for r in plan.records], np.stack(plan.answers),
                      np.stack(plan.scores), db.year)
     render_keys(pop, random.Random(seed + 60), False)
@@ -585,7 +689,7 @@ def generate_fresh_export(out_dir: str | Path, *, seed: int = 2025, students: in
         _write_accounts(export / f"FullObject_6_{tag}.csv", pop, truth, random.Random(seed + 63))
         ctx = Context({s.name: s for s in pop.schools}, _accounts_map(export / f"FullObject_6_{tag}.csv"),
                       db.domains, db.year)
-        synced = _write_records(export, tag, pop, plan, db, ctx, truth, seed)
+        synced = _write_records(export, tag, pop, plan, db, ctx, truth, seed, cycle1)
         _write_extras(truth, db, synced, {s.email for s in pop.students})
     return export
 
