@@ -10,7 +10,7 @@ Planted against the database's current year: new completions (new students; a ne
 existing one), edited scores, students deleted from Knack, stale records dated in the archived year
 (the F2 upsert would have rewritten 2024/2025 with them), a new re-enrolment (same email as a
 2024/2025 student, new record id), F10 copies in the export, blank dates (F1: never today's year)
-the cohort rule across 1 August (a late cycle 2 of a student of the archived year, completed just after
+the cohort rule across 1 August (the next cycle of a student of the archived year, completed just after
 1 August with the same cycle 1: ``late_cycle_of_archived_year``; a reset record of such a student with a
 new cycle 1: ``cohort_started``) and the decoding quirks. Outcome rules (the import chains of docs/ARCHITECTURE.md for the year N of
 ``as_of``): email → establishment (object_6 account, then unambiguous email domain) → date (blank →
@@ -141,24 +141,32 @@ def read_db(path: Path, as_of: date) -> DbYear:
 
 def read_cycle1(path: Path, year: str) -> dict[tuple[str, str], dict]:
     """(email, label) -> the database's cycle-1 row of the years before ``year`` (UK and calendar), with
-    the student's record id, school, whether it has later cycles (the cohort rule's evidence). Read-only."""
+    the student's record id, school, attributes and every cycle's scores and answers (the cohort rule's
+    evidence). Read-only."""
     first = int(year[:4])
     labels = [years.previous_year(year), f"{first - 1}/{first - 1}", f"{first}/{first}"]
     con = duckdb.connect(str(path), read_only=True)
     try:
-        rows = con.execute("""SELECT lower(s.email), t.academic_year, vision, effort, systems, practice, attitude, overall,
-                   s.knack_id, CAST(s.establishment_id AS VARCHAR), s.name, s.year_group,
-                   EXISTS (SELECT 1 FROM vespa_scores o WHERE o.student_id = s.id AND o.cycle > 1),
-                   s.gender, s.course, s.faculty, s."group",
-                   (SELECT map(list(question_id), list(response_value)) FROM question_responses q
-                    WHERE q.student_id = s.id AND q.cycle = 1 AND q.academic_year = t.academic_year)
+        rows = con.execute("""SELECT lower(s.email), t.academic_year, s.knack_id, CAST(s.establishment_id AS VARCHAR),
+                   s.name, s.year_group, s.gender, s.course, s.faculty, s."group",
+                   (SELECT list([o.cycle, o.vision, o.effort, o.systems, o.practice, o.attitude, o.overall] ORDER BY o.cycle)
+                    FROM vespa_scores o WHERE o.student_id = s.id AND o.academic_year = t.academic_year),
+                   (SELECT list([CAST(q.cycle AS VARCHAR), q.question_id, CAST(q.response_value AS VARCHAR)])
+                    FROM question_responses q WHERE q.student_id = s.id AND q.academic_year = t.academic_year)
             FROM vespa_scores t JOIN students s ON s.id = t.student_id AND s.academic_year = t.academic_year
             WHERE t.cycle = 1 AND list_contains($1, t.academic_year) ORDER BY 1, 2""", [labels]).fetchall()
     finally:
         con.close()
-    return {(r[0], r[1]): {"six": tuple(r[2:8]), "knack_id": r[8], "establishment_id": r[9], "name": r[10],
-                           "year_group": r[11], "later_cycles": r[12], "gender": r[13], "course": r[14],
-                           "faculty": r[15], "group": r[16], "answers": dict(r[17] or {})} for r in rows}
+    out = {}
+    for r in rows:
+        cycles = {c[0]: tuple(c[1:]) for c in r[10] or []}
+        answers: dict[int, dict[str, int]] = {}
+        for c, q, v in r[11] or []:
+            answers.setdefault(int(c), {})[q] = int(v)
+        out[(r[0], r[1])] = {"six": cycles[1], "cycles": cycles, "answers": answers, "knack_id": r[2],
+                             "establishment_id": r[3], "name": r[4], "year_group": r[5],
+                             **dict(zip(("gender", "course", "faculty", "group"), r[6:10], strict=True))}
+    return out
 
 
 def read_snapshot_truth(path: Path) -> list[dict[str, str]]:
@@ -360,32 +368,19 @@ def _new_six(nprng: np.random.Generator, avoid: tuple) -> tuple[np.ndarray, np.n
             return answers, scores
 
 
-def snapshot_cycles(path: Path) -> dict[str, tuple]:
-    """email -> the taken cycles' six scores of its snapshot record(s) (read-only): a student the import
-    would give other cycles is not planted (the demo imports the snapshot before the sync)."""
-    names = {h: n for n, h in headers("object_10", True)}
-    out: dict[str, tuple] = {}
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        for raw in csv.DictReader(fh):
-            cells = {names.get(h, h): v for h, v in raw.items()}
-            email = knack.decode_email(cells.get("email", ""))
-            if email.ok:
-                taken = tuple(v for c in (1, 2, 3) if (v := _six(cells, f"c{c}")) is not None)
-                out[email.value] = taken if email.value not in out else ()
-    return out
-
-
-def _plan_cohorts(plan: Plan, db: DbYear, cycle1: dict, snap_cycles: dict[str, tuple], rng: random.Random,
+def _plan_cohorts(plan: Plan, db: DbYear, cycle1: dict, snap: dict[str, dict], rng: random.Random,
                   nprng: np.random.Generator) -> None:
     """The cohort rule across 1 August (docs/DOMAIN.md): students of the year before with only a cycle 1 in
-    the database (and no snapshot record the import would rewrite) get either a late cycle 2 completed
+    the database (and no snapshot record the import would rewrite) get either their next cycle completed
     just after 1 August (same cycle 1: it continues their cohort, an archived year, so it is set aside
     as ``late_cycle_of_archived_year``) or a reset record (a new record and a new cycle 1 on 15 September:
     it starts a cohort in the current year, ``cohort_started``)."""
     taken = {r.student.email for r in plan.records} | {r["email"] for r in db.students}
     prev = years.previous_year(db.year)
-    pool = [(e, v) for (e, label), v in sorted(cycle1.items()) if label == prev and not v["later_cycles"]
-            and e not in taken and v["establishment_id"] in db.schools and snap_cycles.get(e, (v["six"],)) == (v["six"],)
+    pool = [(e, v) for (e, label), v in sorted(cycle1.items()) if label == prev and max(v["cycles"]) < 3
+            and sorted(v["cycles"]) == list(range(1, max(v["cycles"]) + 1)) and e not in taken
+            and (e not in snap or snap[e]["expected_score_rows"] == str(len(v["cycles"])))  # the import keeps them
+            and v["establishment_id"] in db.schools
             and not _calendar(db.schools[v["establishment_id"]])]
     k = max(1, min(2, len(pool) // 2))
     first = years.year_start(db.year)
@@ -395,14 +390,16 @@ def _plan_cohorts(plan: Plan, db: DbYear, cycle1: dict, snap_cycles: dict[str, t
         name_first, _, name_last = (v["name"] or "Sam Student").partition(" ")
         created = datetime.combine(first - timedelta(days=300), datetime.min.time())
         rid = v["knack_id"] if late else object_id(rng, created + timedelta(days=340))
+        n = max(v["cycles"]) + 1
         s = Student(0, rid, email, name_first, name_last or "Student", school, created,
-                    created + timedelta(days=330), 2 if late else 1, year_group=v["year_group"] or "12")
+                    created + timedelta(days=330), n if late else 1, year_group=v["year_group"] or "12")
         s.o29_link, s.has_object6 = "id", True
         answers, scores = np.zeros((3, len(QIDS)), np.int8), np.zeros((3, 6), np.int8)
         if late:
-            answers[0] = [v["answers"].get(q, 0) for q in QIDS]  # the database's cycle 1, unchanged
-            scores[0] = v["six"]
-            answers[1], scores[1] = _new_six(nprng, v["six"])
+            for c, six in v["cycles"].items():  # the database's cycles, unchanged
+                answers[c - 1] = [v["answers"].get(c, {}).get(q, 0) for q in QIDS]
+                scores[c - 1] = six
+            answers[n - 1], scores[n - 1] = _new_six(nprng, v["cycles"][n - 1])
             day = first + timedelta(days=rng.randint(1, 9))  # 2..10 August
         else:
             answers[0], scores[0] = _new_six(nprng, v["six"])
@@ -672,9 +669,7 @@ def generate_fresh_export(out_dir: str | Path, *, seed: int = 2025, students: in
     _plan_db_students(plan, db, snap, rng, nprng, as_of)
     _plan_new(plan, db, snap, rng, nprng, as_of, max(6, round(0.04 * len(db.students))) if students is None else students)
     cycle1 = read_cycle1(out / "production.duckdb", db.year)
-    snap_o10 = next((out / "snapshot").glob("FullObject_10_*.csv"))
-    _plan_cohorts(plan, db, cycle1, snapshot_cycles(snap_o10), random.Random(seed * 1009 + 7),
-                  np.random.default_rng(seed + 607))
+    _plan_cohorts(plan, db, cycle1, snap, random.Random(seed * 1009 + 7), np.random.default_rng(seed + 607))
     pop = Population(list(db.schools.values()), [r.student for r in plan.records], np.stack(plan.answers),
                      np.stack(plan.scores), db.year)
     render_keys(pop, random.Random(seed + 60), False)
