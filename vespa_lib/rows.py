@@ -165,8 +165,10 @@ def _scope(scope: list[str] | None) -> list[str] | None:
 
 _REF_EST = ("SELECT CAST(id AS VARCHAR) AS id, CAST(knack_id AS VARCHAR) AS knack_id, name, "
             "is_australian, use_standard_year FROM establishments")
+_KEPT_ATTRS = ("knack_id", "name", "year_group", "course", "faculty", "group", "gender")
 _REF_STUDENTS = ("SELECT CAST(email AS VARCHAR) AS email, CAST(academic_year AS VARCHAR) AS academic_year, "
-                 "CAST(establishment_id AS VARCHAR) AS establishment_id FROM students")
+                 "CAST(establishment_id AS VARCHAR) AS establishment_id, "
+                 + ", ".join(f'CAST("{a}" AS VARCHAR) AS "{a}"' for a in _KEPT_ATTRS) + " FROM students")
 
 
 # The cohort rule's evidence: every stored score row (all text: PostgreSQL is read through CSV).
@@ -191,8 +193,9 @@ def _register_reference(con: duckdb.DuckDBPyConnection, reference: Any) -> None:
         con.execute("""CREATE OR REPLACE TEMP TABLE _rows_ref_est AS
             SELECT id, trim(knack_id) AS knack_id, name, CAST(is_australian AS BOOLEAN) AS is_australian,
                    CAST(use_standard_year AS BOOLEAN) AS use_standard_year FROM _rows_in_est""")
-        con.execute("""CREATE OR REPLACE TEMP TABLE _rows_ref_students AS
-            SELECT lower(trim(email)) AS email, academic_year, establishment_id FROM _rows_in_students""")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows_ref_students AS
+            SELECT lower(trim(email)) AS email, academic_year, establishment_id,
+                   {", ".join(rows_sql._q(a) for a in _KEPT_ATTRS)} FROM _rows_in_students""")
         six = ", ".join(f"try_cast(c.{e} AS DOUBLE)::INTEGER AS {e}" for e in rows_sql.ELEMENTS)
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows_ref_cycles AS
             SELECT trim(c.email) AS email, l.canonical AS academic_year, try_cast(c.cycle AS INTEGER) AS cycle, {six},
@@ -331,8 +334,13 @@ def _run_records(con: duckdb.DuckDBPyConnection, params: dict, *, no_fallback: b
                                                                  "cohort_years")})
     if no_fallback:
         con.execute(_NO_DATE)
-    for sql in (rows_sql.RANKED, rows_sql.students(), rows_sql.SCORES):
-        con.execute(sql)
+    con.execute(rows_sql.RANKED)
+    con.execute(rows_sql.students())
+    if params["late_only"]:  # a late cycle adds its cycle: the archived student row stays as it is
+        sets = ", ".join(f"{rows_sql._q(a)} = r.{rows_sql._q(a)}" for a in _KEPT_ATTRS)
+        con.execute(f"UPDATE _rows_students s SET {sets} FROM _rows_ref_students r "
+                    "WHERE r.email = s.email AND r.academic_year = s.academic_year")
+    con.execute(rows_sql.SCORES)
 
 
 def _run_answers(con: duckdb.DuckDBPyConnection, convert_q29: bool) -> None:
