@@ -231,23 +231,41 @@ def test_a_late_cycle_of_an_open_year_is_written_into_that_year(case, world):
 # --- the validation ---------------------------------------------------------------------------------
 
 
+def _copy_into_new_year(con, email: str, dated: bool) -> None:
+    """What the old scripts did: the record moved with all its cycles into 2025/2026 (with their
+    completion dates when ``dated``; an F1-stamped copy has none)."""
+    con.execute(f"INSERT INTO students (email, academic_year, knack_id, establishment_id) SELECT email, '{NEW}', "
+                f"knack_id, establishment_id FROM students WHERE lower(email) = ? AND academic_year = '{OLD}'",
+                [email])
+    date_col = "completion_date" if dated else "NULL"
+    con.execute(f"INSERT INTO vespa_scores (student_id, academic_year, cycle, {', '.join(ELEMENTS)}, completion_date) "
+                f"SELECT (SELECT id FROM students WHERE lower(email) = ? AND academic_year = '{NEW}'), '{NEW}', cycle, "
+                f"{', '.join(ELEMENTS)}, {date_col} FROM vespa_scores WHERE academic_year = '{OLD}' AND student_id = "
+                f"(SELECT id FROM students WHERE lower(email) = ? AND academic_year = '{OLD}')",
+                [email, email])
+
+
 def test_the_validation_reports_a_cohort_split_across_two_years(case, world):
     con, export, a, b = case
     assert transition.cohort_in_one_year(con).passed  # B's two years are explained by its reset record
     rows = build_rows(open_snapshot(export), NEW, con, year_fallback=None)
-    # what the old scripts did: A's record moved with all its cycles into 2025/2026
-    con.execute(f"INSERT INTO students (email, academic_year, knack_id, establishment_id) SELECT email, '{NEW}', "
-                f"knack_id, establishment_id FROM students WHERE lower(email) = ? AND academic_year = '{OLD}'",
-                [a["email"]])
-    con.execute(f"INSERT INTO vespa_scores (student_id, academic_year, cycle, {', '.join(ELEMENTS)}) "
-                f"SELECT (SELECT id FROM students WHERE lower(email) = ? AND academic_year = '{NEW}'), '{NEW}', cycle, "
-                f"{', '.join(ELEMENTS)} FROM vespa_scores WHERE academic_year = '{OLD}' AND student_id = "
-                f"(SELECT id FROM students WHERE lower(email) = ? AND academic_year = '{OLD}')",
-                [a["email"], a["email"]])
+    _copy_into_new_year(con, a["email"], dated=True)
     r = transition.cohort_in_one_year(con)
     assert not r.passed and len(r.frame[~r.frame["passed"]]) == 1
+    assert r.figures["split_cohorts"] == 1 and r.figures["undated_copies"] == 0
     assert a["email"] not in r.frame.to_string()  # masked
     assert rows.rule_counts["year_rule.cohort_started"] >= 1
+
+
+def test_an_undated_copy_is_listed_for_review_not_counted_as_a_split(case):
+    """An F1-stamped copy (no completion date at all) was not moved by a date rule: it is listed and
+    counted apart, and only a dated split fails the check."""
+    con, export, a, b = case
+    _copy_into_new_year(con, a["email"], dated=False)
+    r = transition.cohort_in_one_year(con)
+    assert r.passed and r.figures["undated_copies"] == 1 and r.figures["split_cohorts"] == 0
+    assert "undated later-year copy" in r.detail
+    assert len(r.frame[~r.frame["passed"]]) == 1  # still listed in the table
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------
