@@ -110,9 +110,6 @@ def test_load_parameters_reads_yaml_then_overrides(tmp_path):
     params.write_text("rows: 3\noptions: {a: 1}\n")
     values = cli.load_parameters(params, ["rows=4", "fail_check=true", "echo_env=[A, B]", "echo_text="])
     assert values == {"rows": 4, "options": {"a": 1}, "fail_check": True, "echo_env": ["A", "B"], "echo_text": None}
-    # Empty text for a parameter whose type admits str, else None.
-    declared = {"echo_text": "str | None", "rows": "int | None"}
-    assert cli.load_parameters(None, ["echo_text=", "rows="], declared) == {"echo_text": "", "rows": None}
 
 
 # --- executed runs ---------------------------------------------------------------------------
@@ -264,14 +261,3 @@ def test_relative_paths_resolve_against_the_repository_not_the_working_folder(tm
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["inputs"][0]["bytes"] == 8 and manifest["parameters"]["input_path"] == "data/input.csv"
 
-
-@pytest.mark.notebook
-def test_an_empty_override_of_a_text_parameter_is_empty_text(tmp_path):
-    # `-p approve=` must mean approve "" (no approval), not None (refused as NoneType before anything ran).
-    done = _vespa_ops("--notebooks", str(REPO / "notebooks"), "--outputs", str(tmp_path / "outputs"),
-                      "run", "year_transition", "-p", "approve=",
-                      "-p", f"target=duckdb:{tmp_path / 'missing.duckdb'}", "--timeout", "120", cwd=tmp_path)
-    assert "must be str" not in done.stderr
-    assert done.returncode == 1, done.stdout + done.stderr  # the run happened and failed on the missing file
-    manifest = json.loads((Path(done.stdout.strip().splitlines()[-1]) / "manifest.json").read_text())
-    assert manifest["parameters"]["approve"] == "" and "does not exist" in manifest["error"]

@@ -110,12 +110,8 @@ def params_file(file: Path | None, root: Path) -> Path | None:
     return root / file
 
 
-def load_parameters(file: Path | None, overrides: list[str], declared: dict[str, str] | None = None) -> dict[str, Any]:
-    """Parameters from the YAML file, then ``name=value`` overrides (each value read as YAML).
-
-    An empty override (``-p approve=``) is the empty text for a parameter whose declared type admits
-    ``str``, else None."""
-    declared = declared or {}
+def load_parameters(file: Path | None, overrides: list[str]) -> dict[str, Any]:
+    """Parameters from the YAML file, then ``name=value`` overrides (each value read as YAML)."""
     values: dict[str, Any] = {}
     if file is not None:
         loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
@@ -126,22 +122,18 @@ def load_parameters(file: Path | None, overrides: list[str], declared: dict[str,
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
             raise ParameterError(f"Override {item!r} is not NAME=VALUE; write e.g. -p apply=true.")
-        name = name.strip()
-        if raw.strip():
-            values[name] = yaml.safe_load(raw)
-        else:
-            admits_text = "str" in (part.strip() for part in declared.get(name, "").split("|"))
-            values[name] = "" if admits_text else None
+        values[name.strip()] = yaml.safe_load(raw) if raw.strip() else None
     return values
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, execute through papermill, finalise the evidence (always), print the folder last."""
     notebooks, root, outputs = _paths(args)
+    args.file = params_file(args.file, root)
     name = Path(args.runbook).stem
     path = notebook_for(notebooks, name)
     declared = runbook.parse_parameters(path)
-    values = load_parameters(params_file(args.file, root), args.param, {p.name: p.type for p in declared})
+    values = load_parameters(args.file, args.param)
     secrets = privacy.collect_secrets(dotenv_path=root / ".env")
     runbook.validate({p.name: p.type for p in declared}, values, secrets)
     parameters = {p.name: p.default for p in declared} | values
