@@ -185,8 +185,11 @@ def test_rest_target_same_data_findings(generated, expected, monkeypatch):
         keys, rls = audit.keys_and_indexes(src), audit.rls_state(src)
     catalog = {"single_year_keys", "expected_keys_missing"}
     assert {c: found[c] for c in DEFECTS if c not in catalog} == {c: expected[c] for c in DEFECTS if c not in catalog}
-    assert not keys.findings and set(keys.frame["kind"]) == {"not visible over REST"}
+    assert set(keys.frame["kind"]) == {"not visible over REST"}
     assert set(rls.frame["rls"]) == {"not visible over REST"}
+    not_run = {f.check: (f.count, f.not_run, f.found) for f in (*keys.findings, *rls.findings)}
+    assert not_run == dict.fromkeys(["single_year_keys", "expected_keys_missing", "rls_disabled"],
+                                    (None, "not visible over REST", False))
 
 
 # --- a clean database ----------------------------------------------------------------------------
@@ -319,6 +322,30 @@ def test_record_passes_unless_named_in_fail_on(tmp_path, count, fail_on, passed)
     section = audit.Section("s", pd.DataFrame(), [audit.Finding("f10_cycle_copies", count, "d")])
     assert audit.record(run, section, fail_on) == [passed]
     assert run.checks[0]["figures"]["code"] == "F10" and run.checks[0]["figures"]["count"] == count
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "checks"),
+    [
+        ([], []),  # not run, not named: listed as not run, no check recorded (never "passed")
+        (["F2"], [False]),  # named by code: the alarm cannot be evaluated, so the run fails
+        (["single_year_keys"], [False]),  # named by check
+        (["F10"], []),  # another check named
+    ],
+)
+def test_record_a_check_that_could_not_run(tmp_path, fail_on, checks):
+    run = runbook.Run("audit", "t1", tmp_path, {}, unattended=True)
+    section = audit.Section("s", pd.DataFrame(), [audit.Finding.unavailable("single_year_keys", "not visible over REST")])
+    assert audit.record(run, section, fail_on) == [False if checks else None]
+    assert [c["passed"] for c in run.checks] == checks
+    assert run.records["checks_not_run"] == [{"check": "single_year_keys", "code": "F2", "reason": "not visible over REST"}]
+    assert all("not run: not visible over REST" in c["detail"] and c["figures"]["count"] is None for c in run.checks)
+
+
+def test_rls_on_duckdb_is_not_run(clean_db):
+    with open_target(f"duckdb:{clean_db}") as t:
+        finding = audit.rls_state(t).finding("rls_disabled")
+    assert finding.count is None and finding.not_run.startswith("not applicable") and not finding.found
 
 
 def test_unknown_fail_on_is_refused():

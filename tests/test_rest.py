@@ -1,9 +1,11 @@
 """RestReader against an in-process PostgREST double (DOMAIN.md F3: the 1,000-row cap).
 
 ``FakePostgREST`` is an ``httpx.MockTransport`` handler that behaves like PostgREST with Supabase's
-``max-rows = 1000``: it honours select/order/offset/limit/Range and eq/gt/is filters, caps every
-response at 1,000 rows whatever was asked, returns ``Content-Range`` (with the total only when
-``Prefer: count=exact`` is sent) and 200/206 as PostgREST does, and checks the API key.
+``max-rows = 1000``: it honours select/order/offset/limit/Range and eq/gt/is filters (a top-level
+filter value is taken literally, quotes and all), caps every response at 1,000 rows whatever was
+asked, returns ``Content-Range`` (with the total only when ``Prefer: count=exact`` is sent) and
+200/206/416 as PostgREST does, and checks the API key. The same behaviour over a real PostgreSQL is
+tests/postgrest_server.py (tests/test_rest_pg.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from vespa_lib.errors import TargetError
-from vespa_lib.rest import RestReader, filter_params, filter_value, parse_content_range
+from vespa_lib.rest import RestReader
 
 URL = "https://abcdefgh.supabase.co"
 KEY = "sb-secret-KEY-3f9c2a7b1e"
@@ -44,14 +46,15 @@ class FakePostgREST:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if self.fail_with:
-            return httpx.Response(self.fail_with.pop(0), json={"message": "rate limited"})
+            status = self.fail_with.pop(0)
+            return httpx.Response(status, json={"code": str(status), "message": "rate limited", "details": None, "hint": None})
         if request.headers.get("apikey") != self.key or request.headers.get("authorization") != f"Bearer {self.key}":
-            return httpx.Response(401, json={"message": "Invalid API key", "hint": "Double check your key"})
+            return httpx.Response(401, json={"code": "PGRST301", "message": "Invalid API key", "hint": "Double check your key"})
         table = request.url.path.removeprefix("/rest/v1").strip("/")
         if not table:
             return httpx.Response(200, json={"definitions": {t: {} for t in self.tables}, "paths": {"/": {}}})
         if table not in self.tables:
-            return httpx.Response(404, json={"message": f'relation "public.{table}" does not exist'})
+            return httpx.Response(404, json={"code": "PGRST205", "message": f"Could not find the table 'public.{table}' in the schema cache"})
         if request.method == "GET" and self.on_get:
             self.on_get(self, sum(r.method == "GET" for r in self.requests))
         return self.serve(request, self.tables[table])
@@ -65,13 +68,16 @@ class FakePostgREST:
             column, _, direction = part.partition(".")
             rows = sorted(rows, key=lambda r, c=column: r[c], reverse=direction.startswith("desc"))
         start, stop = self.window(request, len(rows))
+        exact = "count=exact" in request.headers.get("prefer", "")
+        if exact and start > len(rows):  # PostgREST: an offset past a known total is 416
+            return httpx.Response(416, json={"code": "PGRST103", "message": "Requested range not satisfiable",
+                                             "details": f"An offset of {start} was requested, but there are only {len(rows)} rows."})
         page = rows[start:min(stop, start + self.max_rows)]  # the max-rows cap: F3
         if params.get("select", "*") != "*":
             page = [{c: r[c] for c in params["select"].split(",")} for r in page]
-        exact = "count=exact" in request.headers.get("prefer", "")
         total = str(len(rows)) if exact else "*"
         span = f"{start}-{start + len(page) - 1}" if page else "*"
-        partial = exact and len(page) < len(rows)
+        partial = exact and len(page) < len(rows)  # PostgREST's 206 rule
         body = b"" if request.method == "HEAD" else json.dumps(page).encode()
         return httpx.Response(206 if partial else 200, content=body,
                               headers={"Content-Range": f"{span}/{total}", "Content-Type": "application/json"})
@@ -88,7 +94,6 @@ class FakePostgREST:
     @staticmethod
     def filtered(rows: list[dict], column: str, expr: str) -> list[dict]:
         op, _, operand = expr.partition(".")
-        operand = operand.strip('"')
         if op == "is":
             return [r for r in rows if r[column] is None]
         present = [r for r in rows if r[column] is not None]
@@ -159,7 +164,8 @@ def test_empty_table_reads_zero_rows(fake):
 def test_count_is_exact_with_filters(fake, filters, expected):
     with reader(fake) as r:
         assert r.count("students", filters) == expected
-    assert fake.requests[-1].method == "HEAD" and "count=exact" in fake.requests[-1].headers["prefer"]
+    last = fake.requests[-1]  # a GET for no rows: unlike a HEAD, a refusal keeps the server's message
+    assert last.method == "GET" and "count=exact" in last.headers["prefer"] and last.url.params["limit"] == "0"
 
 
 # --- changes while reading, retries, errors ------------------------------------------------------
@@ -226,37 +232,50 @@ def test_every_request_carries_the_key_headers(fake):
     assert KEY not in repr(r) and "abcdefgh.supabase.co" in repr(r)
 
 
-# --- parsing -------------------------------------------------------------------------------------
+# --- the wire: what supabase-py sends and what it parses -----------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("header", "expected"),
-    [
-        ("0-0/35830", (0, 0, 35830)),
-        ("*/35830", (None, None, 35830)),
-        ("0-999/*", (0, 999, None)),
-        ("*/0", (None, None, 0)),
-        (" 1000-1999 / 35830 ", (1000, 1999, 35830)),
-    ],
-)
-def test_parse_content_range(header, expected):
-    assert parse_content_range(header) == expected
+def test_reads_are_ordered_ranges_of_the_server_cap_with_exact_counts(fake):
+    with reader(fake) as r:
+        r.read_all("students", order_by="id")
+    gets = [q for q in fake.requests if q.url.params.get("limit") != "0"]
+    assert len(gets) == -(-N // 1000)  # 36 pages: ceil(35,830 / 1,000), no extra request
+    assert [int(q.url.params["offset"]) for q in gets] == list(range(0, N, 1000))
+    assert all(q.url.params["order"] == "id.asc" and q.url.params["limit"] == "1000"
+               and "count=exact" in q.headers["prefer"] for q in gets)
 
 
-@pytest.mark.parametrize("header", [None, "", "items 0-9/10", "0-9", "a-b/10"])
-def test_parse_content_range_rejects_garbage(header):
-    with pytest.raises(TargetError, match="Content-Range"):
-        parse_content_range(header)
+def test_filter_values_with_reserved_characters_are_sent_literally(fake):
+    fake.tables["students"][0]["email"] = "first.last@x:y,z.ac.uk"
+    with reader(fake) as r:
+        assert r.count("students", {"email": "first.last@x:y,z.ac.uk", "establishment_id": None}) == 0
+        assert r.count("students", {"email": "first.last@x:y,z.ac.uk"}) == 1
+    assert fake.requests[-1].url.params["email"] == "eq.first.last@x:y,z.ac.uk"  # no double quotes
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [(42, "42"), (True, "true"), ("plain", "plain"), ("a.b@x.ac.uk", '"a.b@x.ac.uk"'),
-     ('say "hi"', '"say \\"hi\\""'), ("2024/2025", "2024/2025"), ("x,y", '"x,y"')],
-)
-def test_filter_value_quotes_reserved_characters(value, expected):
-    assert filter_value(value) == expected
+@pytest.mark.parametrize("content_range", [None, "0-0/*"])
+def test_a_missing_exact_count_is_a_target_error(fake, content_range):
+    def no_total(request):
+        headers = {"Content-Range": content_range} if content_range else {}
+        return httpx.Response(200, json=[], headers=headers)
+
+    r = RestReader(URL, KEY, transport=httpx.MockTransport(no_total), sleep=lambda s: None)
+    with r, pytest.raises(TargetError, match="no exact count"):
+        r.count("students")
 
 
-def test_filter_params_null_and_equality():
-    assert filter_params({"a": None, "b": 1}) == [("a", "is.null"), ("b", "eq.1")]
+def test_offset_past_the_total_416_is_reported_as_a_changed_table(fake):
+    def shrink(fake, gets):
+        if gets == 3:  # after two pages, a sync deletes most of the table
+            del fake.tables["students"][500:]
+
+    fake.on_get = shrink
+    with reader(fake) as r, pytest.raises(TargetError, match="HTTP 416.*changed while reading"):
+        r.read_all("students", order_by="id")
+
+
+def test_refused_key_names_table_status_and_message(fake):
+    fake.key = "a-newer-key"
+    with reader(fake) as r, pytest.raises(TargetError) as err:
+        r.count("students")
+    assert "table students (HTTP 401: Invalid API key; Double check your key)" in str(err.value)

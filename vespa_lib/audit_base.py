@@ -8,6 +8,9 @@ recording findings as runbook checks (SPEC.md §6.1).
 Verdict semantics: an audit observes. A finding with a non-zero count is recorded as a check that
 *passes* unless its code (``F2``) or check name is listed in the runbook's ``fail_on`` parameter,
 so a damaged database still gives a passed audit run, while cron can ask to fail on named findings.
+A check the target cannot answer (keys and RLS over REST, RLS on DuckDB) is *not run*: it is listed
+under ``checks_not_run`` in the manifest, never recorded as passed, and a ``fail_on`` naming it fails
+the run (an alarm that cannot be evaluated must not stay silent).
 Everything here is read-only.
 """
 
@@ -44,12 +47,14 @@ CATALOGUE: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Finding:
-    """One audit observation. ``count`` 0 means nothing was found."""
+    """One audit observation. ``count`` 0 means nothing was found; a non-empty ``not_run`` is the
+    reason the check could not run on this target (``count`` is then None)."""
 
     check: str
-    count: int
+    count: int | None
     detail: str
     figures: dict[str, Any] = field(default_factory=dict)
+    not_run: str = ""
 
     @property
     def code(self) -> str:
@@ -57,7 +62,12 @@ class Finding:
 
     @property
     def found(self) -> bool:
-        return self.count > 0
+        return not self.not_run and self.count > 0
+
+    @classmethod
+    def unavailable(cls, check: str, reason: str) -> Finding:
+        """A check that could not run on this target, and why."""
+        return cls(check, None, f"not run: {reason}", not_run=reason)
 
 
 @dataclass
@@ -94,16 +104,32 @@ def validate_fail_on(fail_on: list) -> list[str]:
     return [str(x) for x in fail_on]
 
 
-def record(run: Any, section: Section, fail_on: list | None = None) -> list[bool]:
-    """Record each finding as ``run.check``: passes unless found AND named in ``fail_on``."""
+def record(run: Any, section: Section, fail_on: list | None = None) -> list[bool | None]:
+    """Record each finding as ``run.check``: passes unless found AND named in ``fail_on``. A finding
+    that could not run is listed under ``checks_not_run`` (result None), and recorded as a failed
+    check when ``fail_on`` names it."""
     names = set(validate_fail_on(fail_on or []))
-    results = []
+    results: list[bool | None] = []
     for f in section.findings:
+        if f.not_run:
+            results.append(_record_not_run(run, f, names))
+            continue
         failing = f.found and (f.code in names or f.check in names)
         how = "fails the run (fail_on)" if failing else "observation" if f.found else "none found"
         figures = {"code": f.code, "count": f.count, **f.figures}
         results.append(run.check(f.check, not failing, figures, f"{f.detail} [{f.code}; {how}]"))
     return results
+
+
+def _record_not_run(run: Any, f: Finding, names: set[str]) -> bool | None:
+    listed = [c for c in run.records.get("checks_not_run", []) if c["check"] != f.check]
+    run.record("checks_not_run", [*listed, {"check": f.check, "code": f.code, "reason": f.not_run}])
+    if f.code in names or f.check in names:
+        return run.check(f.check, False, {"code": f.code, "count": None, "not_run": f.not_run},
+                         f"not run: {f.not_run} [{f.code}; named in fail_on, and an alarm that cannot be "
+                         "evaluated fails the run]")
+    print(f"NOT RUN  {f.check}: {f.not_run} [{f.code}]")
+    return None
 
 
 class Source:

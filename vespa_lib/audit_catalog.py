@@ -1,6 +1,6 @@
 """Audit sections read from the system catalogs: keys and indexes present (F2) and Row Level
 Security state (SPEC.md §9). Read-only operations. REST targets expose no catalogs, so there both
-sections say "not visible over REST" instead of guessing.
+sections say "not visible over REST" and their checks are reported as not run, never as passed.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import pandas as pd
 
 from . import schema
 from .audit_base import Finding, Section, as_source
+
+NOT_VISIBLE = "not visible over REST"
 
 __all__ = ["YEAR_KEYED_TABLES", "keys_and_indexes", "rls_state"]
 
@@ -23,8 +25,10 @@ def keys_and_indexes(t) -> Section:
     ``unique(email)``) and the expected keys of DOMAIN.md §6 that are missing. Read-only."""
     src = as_source(t)
     if src.kind == "supabase":
-        frame = pd.DataFrame([{"table": tb, "kind": "not visible over REST"} for tb in src.tables], columns=_COLUMNS)
-        return Section("Keys and indexes (not visible over REST)", frame, [])
+        frame = pd.DataFrame([{"table": tb, "kind": NOT_VISIBLE} for tb in src.tables], columns=_COLUMNS)
+        return Section(f"Keys and indexes ({NOT_VISIBLE})", frame,
+                       [Finding.unavailable("single_year_keys", NOT_VISIBLE),
+                        Finding.unavailable("expected_keys_missing", NOT_VISIBLE)])
     con = src.target.con  # the DuckDB / psycopg connection: schema's catalog readers take it
     found = [c for c in schema.constraints(con) if c["schema"] == "public" and c["table"] in src.tables]
     found += [{**i, "kind": "index"} for i in schema.indexes(con)
@@ -83,11 +87,13 @@ ORDER BY c.relname
 
 def rls_state(t) -> Section:
     """Row Level Security per production table: enabled, forced, number of policies (PostgreSQL).
-    DuckDB has no RLS ("not applicable"); REST cannot see it ("not visible"). Read-only."""
+    DuckDB has no RLS ("not applicable"); REST cannot see it ("not visible"): on both the check is
+    not run. Read-only."""
     src = as_source(t)
     if src.kind != "postgres":
-        state = "not applicable (DuckDB)" if src.kind == "duckdb" else "not visible over REST"
-        return Section("Row Level Security", pd.DataFrame({"table": src.tables, "rls": state}), [])
+        state = "not applicable (DuckDB has no Row Level Security)" if src.kind == "duckdb" else NOT_VISIBLE
+        return Section("Row Level Security", pd.DataFrame({"table": src.tables, "rls": state}),
+                       [Finding.unavailable("rls_disabled", state)])
     frame = src.query(_PG_RLS, [list(src.tables)])
     frame["policies"] = frame["policies"].astype("int64")
     off = frame[~frame["rls_enabled"].astype(bool)]

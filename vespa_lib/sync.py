@@ -14,8 +14,12 @@ are in :mod:`vespa_lib.sync_checks`.
 
 ``apply_sync`` applies through :func:`vespa_lib.guard.apply_plan` (one transaction, lock, backup,
 ledger) when every proof passed and the approval holds: a fingerprint, ``auto`` (DuckDB only) or
-``policy`` (unattended: :func:`policy_decision`). Every sync_check run leaves a ledger row
-(``planned``, ``refused``, ``failed`` or the guard's ``applied``); ``sync_history`` lists them.
+``policy`` (unattended: :func:`policy_decision`). Every run asked to apply leaves a ledger row
+(``refused``, ``failed``, the guard's ``applied``, or ``no changes`` when the approved plan changes
+nothing: a night the sync ran and found the database equal to its source); ``sync_history`` lists
+them. A plan-only run (no approval) writes nothing to the target, not even a ledger row: it may run on
+a read-only connection, and its record is its evidence (the plan and its fingerprint). Ledgers written
+before that hold ``planned`` rows, which the readers still understand.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from .guard import apply_plan, write_transaction
 from .schema import WORKBOOK_SCHEMA, dialect_of
 from .sync_source import SyncSource, open_source
 
-__all__ = ["RUNBOOK", "SyncPlan", "SyncResult", "apply_sync", "plan_for_rows", "plan_sync", "policy_decision",
-           "record_run", "run_years", "sync_history"]
+__all__ = ["NO_CHANGES", "RUNBOOK", "SyncPlan", "SyncResult", "apply_sync", "plan_for_rows", "plan_sync",
+           "policy_decision", "record_run", "run_years", "sync_history"]
 
 RUNBOOK = "sync_check"
+NO_CHANGES = "no changes"  # the ledger status of an approved run whose plan changes nothing
 TABLES = ("students", "vespa_scores", "question_responses")
 POLICY_KEYS = {"max_deletes": int, "max_change_ratio": float, "max_count_change": float,
                "require_current_year_only": bool, "require_no_refused": bool}
@@ -83,7 +88,8 @@ class SyncPlan:
 
 @dataclass
 class SyncResult:
-    """What ``apply_sync`` did: ``applied``, ``refused`` (nothing written) or ``planned`` (no apply)."""
+    """What ``apply_sync`` did: ``applied``, ``no changes`` (approved, nothing to write), ``refused``
+    (nothing written) or ``planned`` (no approval: nothing written, no ledger row)."""
 
     run_id: str
     status: str
@@ -230,9 +236,10 @@ def _totals(plan_counts: dict) -> dict[str, int]:
 
 
 def previous_counts(con: Any) -> dict | None:
-    """Totals of the last sync_check run that applied or planned cleanly (for the policy). Read-only."""
+    """Totals of the last sync_check run that applied, found no changes or (older ledgers) planned
+    cleanly, for the policy. Read-only."""
     hist = sync_history(con)
-    ok = hist[hist["status"].isin(["applied", "planned"])]
+    ok = hist[hist["status"].isin(["applied", NO_CHANGES, "planned"])]
     return None if ok.empty else ok.iloc[0].to_dict()
 
 
@@ -286,7 +293,11 @@ def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
 def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str, policy: dict | None = None,
                target_kind: str | None = None, parameters: dict | None = None, backup_dir: Any = None,
                recompute: Any = None) -> SyncResult:
-    """Apply ``sp`` through the guard, or refuse and write nothing. Always leaves a ledger row."""
+    """Apply ``sp`` through the guard, or refuse and write nothing; with an approval, a ledger row always.
+
+    No approval (``approve=""``, a plan-only run): nothing is written at all, so it works on a read-only
+    connection; the result is ``planned``. An approved plan that changes nothing is not handed to the
+    guard: its ledger row says ``no changes`` (module docstring)."""
     common = {"run_id": run_id, "actor": actor, "target_kind": target_kind, "parameters": parameters}
     decision = policy_decision(con, sp, policy) if approve == "policy" else {}
     reasons = ([f"proof failed: {c['name']}" for c in sp.checks if not c["passed"]]
@@ -297,11 +308,12 @@ def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str,
     if approve == "policy":
         reasons = decision["reasons"]
     elif not approve:
-        record_run(con, sp, status="planned", **common)
         return SyncResult(run_id, "planned")
     if reasons:
         record_run(con, sp, status="refused", error="; ".join(reasons), extra={"policy": decision}, **common)
         return SyncResult(run_id, "refused", reasons, policy=decision)
+    if sp.plan.is_empty:
+        return _no_changes(con, sp, approve, decision, common)
     guard_kw = {"runbook": RUNBOOK, "actor": actor, "parameters": parameters, "target_kind": target_kind,
                 "backup_dir": backup_dir, "recompute": recompute_statistics if recompute is None else recompute}
     try:
@@ -313,6 +325,18 @@ def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str,
         record_run(con, sp, status="failed", error=str(exc), **common)
         raise
     return SyncResult(run_id, "applied", applied=result.applied, policy=decision)
+
+
+def _no_changes(con: Any, sp: SyncPlan, approve: str, decision: dict, common: dict) -> SyncResult:
+    """The ledger row of an approved plan that changes nothing; a fingerprint that is not this plan's is
+    refused as the guard refuses it (``failed``, raised). Writes the ledger only."""
+    if approve not in ("auto", "policy", sp.fingerprint):
+        exc = GuardRefused(f"The plan changed since it was approved (approved {approve[:12]}…, now "
+                           f"{sp.fingerprint[:12]}…): nothing was written. Re-plan, review, approve again.")
+        record_run(con, sp, status="failed", error=str(exc), **common)
+        raise exc
+    record_run(con, sp, status=NO_CHANGES, extra={"policy": decision} if decision else None, **common)
+    return SyncResult(common["run_id"], NO_CHANGES, policy=decision)
 
 
 def recompute_statistics(con: Any, dialect: str, labels: list[str], establishment_ids: list[str] | None) -> None:

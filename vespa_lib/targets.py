@@ -355,6 +355,16 @@ class RestTarget(Target):
             return pa.table({c: pa.array([], pa.null()) for c in columns})
         return pa.Table.from_pylist(rows)
 
+    @property
+    def con(self):
+        """There is no database connection over REST: runbooks that need one get a clear error."""
+        raise TargetError(
+            f"{self.describe()} is a Supabase REST target: it exposes tables, not a database connection, "
+            "and this step needs one (SQL, catalogs or staged tables). Name a postgres:ENV_VAR target "
+            "holding the session-mode connection string; the audit and csv_profile runbooks also read "
+            "over REST."
+        )
+
     def sql(self, query: str, params=None):
         raise TargetError(
             "SQL is not available over REST (PostgREST exposes tables, not statements). Copy the "

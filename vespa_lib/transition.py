@@ -15,9 +15,9 @@ change and cannot insert an ``academic_years`` row for N+1, so this module compo
 steps (``_lock``, ``_open_run``, ``_snapshot_stats``, ``_mark_archived``, ``_close_run``) instead.
 
 **Refusal rule while the sync has unapplied changes for N** (decided here): the last sync_check
-ledger row naming N must be ``planned`` with zero planned changes, or ``applied`` with every table of
-every label now equal to its source counts. No such row refuses too. ``require_clean_sync=False``
-waives the rule on DuckDB rehearsals only.
+ledger row naming N must be ``applied`` or ``no changes`` with every table of every label now equal to
+its source counts, or (older ledgers) ``planned`` with zero planned changes. No such row refuses too.
+``require_clean_sync=False`` waives the rule on DuckDB rehearsals only.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ from .transition_checks import (  # noqa: F401 - re-exported API
 from .transition_dashboard import dashboard_year_switching, national_benchmarks_complete  # noqa: F401
 from .transition_ledger import DATA_TABLES, live_counts, year_counts
 
-__all__ = ["MODES", "RUNBOOK", "STATE_TABLES", "Rollover", "apply_rollover", "close_year_for", "frozen_checksums",
-           "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "sync_readiness", "validate_all"]
+__all__ = ["MODES", "RUNBOOK", "STATE_TABLES", "Rollover", "apply_rollover", "close_year_for", "committed_message",
+           "frozen_checksums", "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "sync_readiness",
+           "validate_all", "written_record"]
 
 RUNBOOK = "year_transition"
 MODES = ("validate", "rollover")
@@ -133,18 +134,18 @@ def sync_readiness(con: Any, close: str, *, require_clean_sync: bool = True) -> 
             raise ParameterError("require_clean_sync=False is for DuckDB rehearsals only: on PostgreSQL the year "
                                  "closes only after a clean sync. Run sync_check, apply it, then roll over.")
         return {"passed": True, "detail": "waived (DuckDB rehearsal, require_clean_sync=False)", "run_id": None}
-    sync = last_sync(con, close, statuses=("applied", "planned", "failed", "refused"))
+    sync = last_sync(con, close, statuses=("applied", "no changes", "planned", "failed", "refused"))
     if sync is None:
         return {"passed": False, "run_id": None, "detail": f"no sync_check run for {close} in the ledger: run "
                 "sync_check for the year being closed and apply it first"}
     if sync.status == "planned":
         ok = sync.changes() == 0
         why = "planned with no change" if ok else f"planned with {sync.changes()} change(s) not applied"
-    elif sync.status == "applied":
+    elif sync.status in ("applied", "no changes"):
         diff = [f"{label} {t}" for label in sync.labels() if years.is_canonical(label)
                 for t, n in (year_counts(sync, label) or {}).items() if t in DATA_TABLES
                 and live_counts(con, label)[t] != n]
-        ok, why = not diff, "applied; the year equals its source" if not diff else f"applied, but {diff} differ since"
+        ok, why = not diff, f"{sync.status}; the year equals its source" if not diff else f"{sync.status}, but {diff} differ since"
     else:
         ok, why = False, f"the last sync_check run was {sync.status}"
     return {"passed": ok, "run_id": sync.run_id, "detail": f"{why} (run {sync.run_id})"}
@@ -313,3 +314,26 @@ def apply_rollover(con: Any, as_of: date, close_year: str = "", *, approve: str,
         guard._close_run(con, run_id, counts)
         guard.crash_point("before_commit")
     return counts
+
+
+# --- after the commit -----------------------------------------------------------------------------
+
+
+def written_record(applied: dict, run_id: str) -> dict:
+    """What a committed rollover wrote, for the run's manifest (``written``): the run id to undo it by,
+    the years closed and opened, rows marked archived per table, ``academic_years`` changes and the
+    statistics rows recomputed. Pure."""
+    statistics = {t: ops for t, ops in (applied.get("statistics") or {}).items() if any((ops or {}).values())}
+    return {"run_id": run_id, "rollover": applied["rollover"], "marked": applied["marked"],
+            "academic_years": applied["academic_years"], "statistics": statistics,
+            "undo": f"vespa-ops undo {run_id} --target <the same target>"}
+
+
+def committed_message(applied: dict, run_id: str) -> str:
+    """The sentence a run prints as soon as its rollover committed: it is applied, whatever a later check
+    says, so nobody undoes or repeats a good rollover by mistake. Pure."""
+    r = applied["rollover"]
+    return (f"APPLIED: the rollover committed as run {run_id}: {r['close']} closed (archived), {r['open']} open and "
+            f"current; {sum(applied['marked'].values()):,} rows marked archived. The checks below verify it: if one "
+            "fails, the rollover stays applied; do not repeat it, and undo it only on purpose "
+            f"(vespa-ops undo {run_id}).")
