@@ -108,6 +108,7 @@ def test_runbook_opened_in_jupyterlab_reads_paths_from_the_repository(tmp_path, 
     import papermill
 
     from vespa_lib import synth
+    from vespa_lib.kernel import InterpreterKernelManager
 
     for name in ("VESPA_ROOT", "VESPA_OUTPUTS", "VESPA_RUN_DIR", "VESPA_RUN_ID", "VESPA_UNATTENDED"):
         monkeypatch.delenv(name, raising=False)
@@ -117,6 +118,7 @@ def test_runbook_opened_in_jupyterlab_reads_paths_from_the_repository(tmp_path, 
     synth.generate(repo / "data" / "demo", seed=2025, students=150)
     executed = tmp_path / "executed.ipynb"
     papermill.execute_notebook(str(source), str(executed), kernel_name="vespa", cwd=str(repo / "notebooks"),
-                               progress_bar=False, execution_timeout=300)
+                               progress_bar=False, execution_timeout=300,
+                               kernel_manager_class=InterpreterKernelManager)  # registered or not
     (manifest,) = (repo / "outputs").glob("*/*_csv_profile_*/manifest.json")
     assert '"status": "passed"' in manifest.read_text()
