@@ -26,7 +26,7 @@ from vespa_lib.sync_source import open_source
 from vespa_lib.synth.fresh import generate_fresh_export
 
 AS_OF = date(2026, 3, 15)
-YEAR, OLD = "2025/2026", "2024/2025"
+YEAR, OLD, CAL = "2025/2026", "2024/2025", "2026/2026"
 DATA = ["students", "vespa_scores", "question_responses", "academic_years"]
 O10 = "FullObject_10_2026-03-15.csv"
 
@@ -159,7 +159,8 @@ def test_f1_a_blank_date_is_set_aside_never_given_a_year(world, db, tmp_path):
 def _broken(world, db, edit_rows, tmp_path=None, **build_kw):
     """Rows a broken builder produced, planned and proved; then every approval is refused."""
     src = open_source(f"csv:{world / 'fresh_export'}", YEAR)
-    built = rowsmod.build_rows(src, YEAR, db, year_fallback=build_kw.pop("year_fallback", None))
+    built = rowsmod.build_rows(src, YEAR, db, year_fallback=build_kw.pop("year_fallback", None),
+                               calendar_year=CAL)  # as plan_sync builds them: each school's running year
     built = edit_rows(built)
     before = table_checksums(db, DATA)
     sp = sync.plan_for_rows(built, src, db, AS_OF)

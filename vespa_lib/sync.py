@@ -4,9 +4,12 @@
 builds the current year's rows with the import's decoding and rule chains
 (:func:`vespa_lib.rows.build_rows` with ``year_fallback=None``: a blank date is set aside as
 ``no_date``, never given a year, F1), and plans them with :func:`vespa_lib.plan.plan_changes` keyed as
-production is keyed. Its scope is the current UK year ``N`` (from ``as_of``; the library never reads
-the clock), the calendar year counted in ``N`` (``Y/Y``, DOMAIN.md §4) and any non-canonical spelling
-of those two labels stored in the database (F11: relabelled by delete + insert); deletions are only
+production is keyed. Its scope is each school's own running year on ``as_of`` (the library never
+reads the clock; DOMAIN.md §4): the UK year ``N`` of ``as_of`` for UK-rule schools, the calendar year
+of ``as_of`` (``Y/Y``) for calendar-year schools (on 15/03/2026: ``2025/2026`` and ``2026/2026``),
+and any non-canonical spelling of those two labels stored in the database (F11: relabelled by
+delete + insert); a calendar-year record dated in an earlier calendar year is set aside as
+``stale_date`` (that year is closed on 1 January, docs/YEARLY_PROCEDURE.md); deletions are only
 of rows of those labels, only within ``establishment_scope``, and never of a student whose record
 the source still has but cannot sync (set aside: kept, but relabelled canonically, so no misspelt
 label of the year survives a sync; ``f11_labels_canonical`` proves it). The proofs and the drift report
@@ -98,10 +101,10 @@ class SyncResult:
     policy: dict = field(default_factory=dict)
 
 
-def run_years(year: str, con: Any) -> list[str]:
-    """Labels the sync owns: UK ``year``, the calendar year counted in it, and stored misspellings of
-    either (F11). Read-only."""
-    own = {year, f"{year[:4]}/{year[:4]}"}
+def run_years(year: str, con: Any, calendar: str | None = None) -> list[str]:
+    """Labels the sync owns: UK ``year``, the calendar-year schools' running year ``calendar`` (default
+    the calendar year counted in ``year``), and stored misspellings of either (F11). Read-only."""
+    own = {year, calendar or f"{year[:4]}/{year[:4]}"}
     stored = set()
     for table in TABLES:
         stored |= {r[0] for r in planmod.run(con, f"SELECT DISTINCT academic_year FROM {table}")}
@@ -144,10 +147,10 @@ def plan_sync(source: str | SyncSource, con: Any, as_of: date, *, establishment_
     if not isinstance(as_of, date):
         raise ParameterError(f"as_of must be a date, got {as_of!r}: the library never reads the clock (F1).")
     scope = list(establishment_scope) if establishment_scope else None
-    year = years.current_year(as_of)
+    year, calendar = years.running_years(as_of)  # each school's own running year (DOMAIN.md §4)
     src = source if isinstance(source, SyncSource) else open_source(source, year, **source_options)
     rows = rowsmod.build_rows(src, year, _Reader(con), convert_q29_percentage=convert_q29_percentage,
-                              establishment_scope=scope, year_fallback=None)
+                              establishment_scope=scope, year_fallback=None, calendar_year=calendar)
     return plan_for_rows(rows, src, con, as_of, establishment_scope=scope)
 
 
@@ -156,8 +159,8 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     """Plan, prove and reconcile already-built rows (``plan_sync``'s second half). Read-only.
 
     Separate so a test can hand in rows a broken builder made and see the proofs catch them."""
-    year = years.current_year(as_of)
-    labels = run_years(year, con)
+    year, calendar = years.running_years(as_of)
+    labels = run_years(year, con, calendar)
     est_ids = _establishment_ids(con, establishment_scope)
     tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
               "question_responses": rows.question_responses}
@@ -170,7 +173,7 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     archived = planmod.archived_years(con)
     drift = sync_checks.drift(con, desired, labels, anchored)
     checks = sync_checks.proofs(con, src, rows, desired, plan, drift, labels=labels, archived=archived,
-                                est_ids=est_ids, anchored=anchored)
+                                est_ids=est_ids, anchored=anchored, running=(year, calendar))
     checks.append(sync_checks.label_proof(relabels))
     unsyncable = sync_checks.unsyncable(rows)
     return SyncPlan(year, as_of, labels, plan, desired, rows, checks, drift, unsyncable, src.summary(), archived,
