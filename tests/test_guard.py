@@ -228,7 +228,8 @@ def test_plain_write_racing_an_apply_cannot_slip_into_the_archive(pg_dsn, race):
     try:
         apply(target, want, "archive", archive_years=[OLD], recompute=inside_the_apply)
     finally:
-        writer.join(timeout=30)
+        if writer.ident is not None:
+            writer.join(timeout=30)
     assert seen["waited"], f"the plain write did not wait for the guarded run: {seen.get('writer')}"
     assert "VESPA archive protection" in seen["writer"]
     plan, frame = importer.verify_frame(target, want)
