@@ -3,6 +3,7 @@
 Read-only: every function takes a frame, a manifest or a notebook and returns text or a Styler.
 
     styled(df)                -> Styler: no index, counts 1,234, "—" for missing, yes/no for booleans
+    Table(df)                 -> what Run.show displays: that Styler as HTML, the same cells as text
     facts(manifest, run_dir)  -> mode, academic year, target (or rehearsal copy), rows written per table/year
     failure(nb)               -> where a failed notebook stopped: step, error, sections not reached
     verdict_html(manifest, …) -> the box a reviewer reads first (docs/ARCHITECTURE.md, "Evidence")
@@ -40,7 +41,7 @@ def format_cell(value: Any, plain: bool = False) -> str:
     """One cell as a reviewer reads it: ``1,234``; ``302`` not ``302.0``; ``yes``/``no``; ``—`` if missing."""
     if value is None or value is _pd_na() or value is _pd_nat():
         return DASH
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if type(value).__name__ in ("bool", "bool_"):  # Python and numpy booleans
         return "yes" if value else "no"
     if isinstance(value, numbers.Integral):
         return str(int(value)) if plain else f"{int(value):,}"
@@ -79,6 +80,22 @@ def styled(df: pd.DataFrame) -> Styler:
     frame = df.reset_index(drop=True)
     style = frame.style.hide(axis="index")
     return style.format({c: formatter(bool(PLAIN_INT.search(str(c)))) for c in frame.columns})
+
+
+class Table:
+    """A frame as a report shows it: ``styled`` HTML in a notebook, the same cells as plain text
+    elsewhere (a console, the notebook's text/plain copy)."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.frame = df
+
+    def _repr_html_(self) -> str:
+        return styled(self.frame).to_html()
+
+    def __repr__(self) -> str:
+        plain = {c: bool(PLAIN_INT.search(str(c))) for c in self.frame.columns}
+        text = self.frame.apply(lambda col: col.map(lambda v: format_cell(v, plain[col.name])))
+        return text.to_string(index=False)
 
 
 # --- what a run did, from its manifest -----------------------------------------------------------

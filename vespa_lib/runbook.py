@@ -246,7 +246,7 @@ class Run:
         from vespa_lib import report
 
         frame = privacy.mask_frame(df) if self.masked else df
-        return Markdown("*None.*") if frame.empty else report.styled(frame)
+        return Markdown("*None.*") if frame.empty else report.Table(frame)
 
     def check(self, name: str, passed: bool, figures: dict | None = None, detail: str = "") -> bool:
         """Record a check for the verdict, print it, and return ``passed``."""
@@ -332,7 +332,7 @@ def _install_display(run: Run) -> None:
 
 
 def _html_of(shown: Any) -> str:
-    return shown.to_html() if hasattr(shown, "to_html") else f"<p><em>{shown.data.strip('*')}</em></p>"
+    return shown._repr_html_() if hasattr(shown, "frame") else f"<p><em>{shown.data.strip('*')}</em></p>"
 
 
 def _show_unless_flags(value: list | tuple) -> None:
