@@ -35,7 +35,7 @@ def run_import(outputs: Path, capsys, **params) -> tuple[int, str, Path]:
 
 def text_of(html: str) -> str:
     """The visible text of a report, in order (styles and scripts dropped, tags as spaces)."""
-    html = re.sub(r"(?s)<(style|script)\b.*?</\1>", " ", html)
+    html = re.sub(r"(?s)<(head|style|script)\b.*?</\1>", " ", html)
     html = re.sub(r"(?s)<img\b[^>]*>", " [chart] ", html)
     return re.sub(r"\s+", " ", unescape(re.sub(r"<[^>]+>", " ", html))).strip()
 

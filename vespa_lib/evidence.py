@@ -151,7 +151,10 @@ def render_report(nb: Any, path: Path, manifest: dict[str, Any] | None = None) -
                             exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
                             embed_images=True)
     verdict = report.verdict_html(manifest, path.parent, report.failure(nb)) if manifest else ""
-    body, _ = exporter.from_notebook_node(report.report_notebook(nb), resources={"vespa_verdict": verdict})
+    shown = report.report_notebook(nb)
+    if manifest:
+        shown.metadata["title"] = f"{manifest.get('status', '')}: {manifest.get('runbook', '')} {manifest.get('run_id', '')}"
+    body, _ = exporter.from_notebook_node(shown, resources={"vespa_verdict": verdict})
     path.write_text(body, encoding="utf-8")
     return path
 
