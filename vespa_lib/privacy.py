@@ -101,7 +101,7 @@ def _is_text_column(series: pd.Series) -> bool:
 
 
 # Tokens that make a "...name" column a person's name; "establishment_name", "column_name" or a
-# migration's "name" are not personal and stay readable (docs/ARCHITECTURE.md, "Evidence").
+# migration's "name" are not personal and stay readable (docs/ARCHITECTURE.md, "Evidence and privacy").
 PERSON_TOKENS = {"student", "staff", "tutor", "teacher", "parent", "contact", "person", "pupil", "user",
                  "respondent", "first", "last", "full", "given", "family", "middle", "display", "preferred"}
 PERSON_LABELS = {"surname", "forename", "forenames", "firstname", "lastname", "fullname", "studentname"}

@@ -6,7 +6,7 @@ Read-only: every function takes a frame, a manifest or a notebook and returns te
     Table(df)                 -> what Run.show displays: that Styler as HTML, the same cells as text
     facts(manifest, run_dir)  -> mode, academic year, target (or rehearsal copy), rows written per table/year
     failure(nb)               -> where a failed notebook stopped: step, error, sections not reached
-    verdict_html(manifest, …) -> the box a reviewer reads first (docs/ARCHITECTURE.md, "Evidence")
+    verdict_html(manifest, …) -> the box a reviewer reads first (docs/ARCHITECTURE.md, "Evidence and privacy")
     run_state(manifest)       -> passed, failed, running, or interrupted (a running run whose process is gone)
 """
 
