@@ -94,3 +94,14 @@ def test_run_state_running_interrupted_and_finished():
     assert report.run_state(live | {"started_at": old}) == "interrupted"
     assert report.run_state(live | {"started_at": (now - timedelta(seconds=120)).isoformat(), "timeout_s": 60}) == "interrupted"
     assert [report.run_state({"status": s}) for s in ("passed", "failed", None)] == ["passed", "failed", "failed"]
+
+
+@pytest.mark.parametrize(("manifest", "year"), [
+    ({"runbook": "import", "parameters": {"academic_year": "2024/2025"}}, "2024/2025"),
+    ({"runbook": "sync_check", "parameters": {}, "academic_year": "2025/2026"}, "2025/2026"),
+    ({"runbook": "year_transition", "parameters": {"mode": "validate"}, "as_of": "2026-03-15"}, "2025/2026 (as of 2026-03-15)"),
+    ({"runbook": "csv_profile", "parameters": {}, "snapshot_year": "2024/2025"}, "2024/2025"),
+    ({"runbook": "audit", "parameters": {}}, "every year"),
+])
+def test_run_year(manifest, year):
+    assert report.run_year(manifest) == year

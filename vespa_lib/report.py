@@ -20,7 +20,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +134,15 @@ def run_year(m: dict[str, Any]) -> str:
     for value in (params.get("academic_year"), m.get("academic_year"), params.get("close_year"), m.get("snapshot_year")):
         if value:
             return str(value)
+    if m.get("runbook") == "audit":
+        return "every year"
+    if m.get("as_of"):  # a validation judges the year its as_of date falls in
+        from vespa_lib import years
+
+        try:
+            return f"{years.current_year(date.fromisoformat(str(m['as_of'])))} (as of {m['as_of']})"
+        except ValueError:
+            return DASH
     return DASH
 
 
