@@ -290,7 +290,20 @@ def _typed(live: pa.Table, like: pa.Table, keys: tuple[str, ...], compared: tupl
         if name in like.column_names and col.type != like.schema.field(name).type:
             col = col.cast(like.schema.field(name).type)
         out[name] = col
-    return pa.table(out)
+    return _one_dictionary(pa.table(out))
+
+
+def _one_dictionary(table: pa.Table) -> pa.Table:
+    """``table`` with each dictionary-encoded column's chunks sharing one dictionary. Arrow's hash join
+    refuses a dictionary key whose chunks carry different ones ("Unifying differing dictionaries"); a
+    cast to a dictionary type, or a reader of several batches (PostgreSQL COPY read in blocks, DuckDB
+    row groups), gives each chunk its own. Chunks already sharing one are kept as they are (no copy)."""
+    return table.unify_dictionaries()
+
+
+def _missing_from(rows: pa.Table, keys_of: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """The rows of ``rows`` whose natural key is not in ``keys_of`` (same key types on both sides)."""
+    return _one_dictionary(rows).join(_one_dictionary(keys_of.select(list(keys))), list(keys), join_type="left anti")
 
 
 def _dedupe(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
@@ -319,9 +332,7 @@ def find_repairs(con: Any, rows: rowsmod.ImportRows, labels: list[str],
         if spec.via_student:
             f8[spec.name] = _typed(live.filter(dup), like, spec.keys, ())
         own = rest.filter(pc.is_in(rest.column("academic_year"), value_set=pa.array(labels, pa.string())))
-        snapshot_keys = like.select(list(spec.keys))
-        kept[spec.name] = _dedupe(own.join(snapshot_keys, list(spec.keys), join_type="left anti"), spec.keys) \
-            if own.num_rows else own
+        kept[spec.name] = _dedupe(_missing_from(own, like, spec.keys), spec.keys) if own.num_rows else own
     wanted = [t for t in CHILD_TABLES if f8[t].num_rows]
     return Repairs(list(labels), f8, unresolved, kept,
                    {t: survivors[t] for t in ("students", *wanted)} if wanted else {}, establishment_ids)
@@ -557,10 +568,14 @@ def rehearse(target: targets.Target, rows: rowsmod.ImportRows, academic_year: st
                                    archive=labels)
             if outcome.status == "refused":
                 return Rehearsal(n, pd.DataFrame(), False, False, outcome.reason)
-            counts = plan_frame(outcome.result.plan)
+            applied = outcome.result is not None and bool(outcome.result.applied)
+            counts = plan_frame(outcome.result.plan if outcome.result is not None else outcome.plan)
             verified = guard.verify(con, desired).is_empty
         finally:
             con.close()
+    if not applied:  # the target already holds every sampled row (e.g. re-planning after the import)
+        return Rehearsal(n, counts, False, verified, "DuckDB: nothing to do: the target already holds every row of "
+                         "the sample; the re-plan on a throw-away copy changes nothing")
     return Rehearsal(n, counts, True, verified, "DuckDB: applied to a throw-away copy of the target, then re-planned")
 
 
