@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import psycopg
@@ -73,3 +74,46 @@ def test_postgres_plan_with_live_rows_read_in_several_blocks(three_thousand, tmp
                             target=f"postgres:{ENV}", backup_dir=str(tmp_path / "bk"), sample_students=20)
     assert code == 0 and plan["status"] == "passed", failure(plan)
     assert plan["repairs"]["f8_cross_year_duplicates"]["question_responses"] > 0
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory) -> Path:
+    """The realistic scale (~25,000 students, ~1.1 M answers of the year), generated once (~10 s)."""
+    folder = tmp_path_factory.mktemp("import_realistic")
+    synth.generate(folder, students=synth.SCALES["realistic"])
+    return folder
+
+
+def test_realistic_scale_plan_apply_replan_through_vespa_ops(realistic, tmp_path, capsys):
+    """What a user runs at realistic scale: plan; apply with the fingerprint the previous run's
+    manifest.json recorded (pending migrations, then the F8 repair, then the data: one run each);
+    re-plan, which plans zero changes. Wall times are printed (``pytest -s``)."""
+    db = tmp_path / "p.duckdb"
+    shutil.copyfile(realistic / "production.duckdb", db)
+    common = {"snapshot_dir": str(realistic / "snapshot"), "target": f"duckdb:{db}", "backup_dir": str(tmp_path / "bk")}
+    times = {}
+    start = time.perf_counter()
+    code, plan = run_import(tmp_path / "out", capsys, **common)
+    times["plan"] = time.perf_counter() - start
+    assert code == 0 and plan["status"] == "passed", failure(plan)
+    fingerprint, statuses = plan["plan_fingerprint"], []
+    for _ in range(4):
+        start = time.perf_counter()
+        code, applied = run_import(tmp_path / "out", capsys, **common, mode="apply", approve=fingerprint)
+        statuses.append(applied.get("apply_status"))
+        times[f"apply {len(statuses)} ({statuses[-1]})"] = time.perf_counter() - start
+        assert code == 0 and applied["status"] == "passed", failure(applied)
+        if statuses[-1] not in ("migrated", "repaired"):
+            break
+        fingerprint = applied["plan_fingerprint"]
+    assert statuses == ["migrated", "repaired", "applied"]
+    assert applied["verify"]["zero_changes"] and applied["plan_fingerprint"] == fingerprint
+    assert applied["applied_counts"]["applied"]["question_responses"]["insert"] > 1_000_000 * 0.9
+    start = time.perf_counter()
+    code, again = run_import(tmp_path / "out", capsys, **common)
+    times["re-plan"] = time.perf_counter() - start
+    assert code == 0 and again["status"] == "passed", failure(again)
+    assert all(cell[op] == 0 for cells in again["counts"].values() for cell in cells.values()
+               for op in ("insert", "update", "delete"))
+    with capsys.disabled():
+        print("\nrealistic import through vespa-ops: " + ", ".join(f"{k} {v:.1f} s" for k, v in times.items()))

@@ -550,7 +550,9 @@ def applied_matches_plan(outcome: ImportOutcome) -> bool:
 def rehearse(target: targets.Target, rows: rowsmod.ImportRows, academic_year: str, students: int, *,
              establishment_scope: list[str] | None, archive: bool) -> Rehearsal:
     """Plan a sample of ``students`` with all their rows; on DuckDB also apply it (migrations first) to a
-    throw-away copy of the target file and re-plan. Writes nothing to the target."""
+    throw-away copy of the target file and re-plan. A target already holding every sampled row (a re-plan
+    after the import) gives ``applied`` False, the sample's empty plan and a note saying nothing to do.
+    Writes nothing to the target."""
     sample = sample_rows(rows, students)
     n = sample.students.num_rows
     if target.kind != "duckdb":
