@@ -303,6 +303,12 @@ def cell_seconds(folder: Path, top: int = 6) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1])[:top])
 
 
+def param(name: str, value: str) -> list[str]:
+    """``-p name=value`` with the value quoted (vespa-ops reads values as YAML: a date or an empty value
+    would not stay a string)."""
+    return ["-p", f"{name}={json.dumps(value)}"]
+
+
 def _ok(run: dict, what: str) -> dict:
     """``run`` when the runbook passed; else an error naming what failed (checks, error)."""
     manifest = run.get("manifest", {})
@@ -322,12 +328,12 @@ def changes(manifest: dict) -> int:
 def ops_import(folder: Path, target: str, outputs: Path, env: dict | None = None, max_applies: int = 4) -> dict:
     """The import runbook through vespa-ops: plan; apply with the fingerprint the previous run recorded
     in its manifest.json until the data is applied (migrations, F8 repair, data: one run each); re-plan."""
-    common = ["-f", str(PARAMS / "import.yaml"), "-p", f"snapshot_dir={folder / 'snapshot'}", "-p", f"target={target}",
-              "-p", f"backup_dir={outputs / 'backups'}"]
-    plan = _ok(run_ops(["run", "import", *common, "-p", "mode=plan"], outputs, env), "import plan")
+    common = ["-f", str(PARAMS / "import.yaml"), *param("snapshot_dir", str(folder / "snapshot")),
+              *param("target", target), *param("backup_dir", str(outputs / "backups"))]
+    plan = _ok(run_ops(["run", "import", *common, *param("mode", "plan")], outputs, env), "import plan")
     steps, fingerprint = [("plan", plan)], plan["manifest"]["plan_fingerprint"]
     for _ in range(max_applies):
-        applied = _ok(run_ops(["run", "import", *common, "-p", "mode=apply", "-p", f"approve={fingerprint}"],
+        applied = _ok(run_ops(["run", "import", *common, *param("mode", "apply"), *param("approve", fingerprint)],
                               outputs, env), "import apply")
         status = applied["manifest"].get("apply_status")
         steps.append((f"apply ({status})", applied))
@@ -336,7 +342,7 @@ def ops_import(folder: Path, target: str, outputs: Path, env: dict | None = None
         fingerprint = applied["manifest"]["plan_fingerprint"]  # the next plan to approve, as its evidence says
     if status != "applied":
         raise RuntimeError(f"import apply ended {status!r} after {len(steps) - 1} apply run(s)")
-    replan = _ok(run_ops(["run", "import", *common, "-p", "mode=plan"], outputs, env), "import re-plan")
+    replan = _ok(run_ops(["run", "import", *common, *param("mode", "plan")], outputs, env), "import re-plan")
     if changes(replan["manifest"]):
         raise RuntimeError(f"the re-plan after the import plans changes: {replan['manifest']['counts']}")
     steps.append(("re-plan", replan))

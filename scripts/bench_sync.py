@@ -138,22 +138,23 @@ def sync_run(db, src, as_of: date, run_id: str, res: dict, key: str, backup: Pat
 
 def ops_sync(export: Path, as_of: date, target: str, outputs: Path) -> dict:
     """sync_check through vespa-ops: plan, then apply with the plan run's fingerprint (module docstring)."""
-    common = ["-f", str(bench.PARAMS / "sync_check.yaml"), "-p", f"source=csv:{export}", "-p", f"target={target}",
-              "-p", f"as_of={as_of.isoformat()}"]
+    p = bench.param
+    common = ["-f", str(bench.PARAMS / "sync_check.yaml"), *p("source", f"csv:{export}"), *p("target", target),
+              *p("as_of", as_of.isoformat())]
     steps, notes = [], []
-    plan = bench.run_ops(["run", "sync_check", *common, "-p", "mode=plan", "-p", "approve="], outputs)
+    plan = bench.run_ops(["run", "sync_check", *common, *p("mode", "plan"), *p("approve", "")], outputs)
     steps.append(("plan", plan))
     manifest = plan.get("manifest", {})
     if plan["code"] != 0 or manifest.get("status") != "passed":
         notes.append(f"mode=plan failed (exit {plan['code']}): {manifest.get('error') or manifest.get('checks')}")
-        refused = bench.run_ops(["run", "sync_check", *common, "-p", "mode=apply", "-p", "approve="], outputs)
+        refused = bench.run_ops(["run", "sync_check", *common, *p("mode", "apply"), *p("approve", "")], outputs)
         steps.append(("apply, no approval (fingerprint)", refused))
         manifest = refused.get("manifest", {})
     fingerprint = manifest.get("plan_fingerprint")
     if not fingerprint:
         raise RuntimeError(f"no plan fingerprint in the sync_check evidence: {manifest.get('error')}")
-    applied = bench._ok(bench.run_ops(["run", "sync_check", *common, "-p", "mode=apply", "-p",
-                                       f"approve={fingerprint}"], outputs), "sync_check apply")
+    applied = bench._ok(bench.run_ops(["run", "sync_check", *common, *p("mode", "apply"), *p("approve", fingerprint)],
+                                      outputs), "sync_check apply")
     steps.append(("apply (re-plan inside)", applied))
     return {"notes": notes, "steps": [{"step": name, "seconds": round(r["seconds"], 2), "peak_mb": round(r["peak_mb"]),
                                        "code": r["code"], "status": r.get("manifest", {}).get("status"),
