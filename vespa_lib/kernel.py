@@ -5,6 +5,11 @@ parameters, whether or not a kernel was ever registered (a cron server made with
 has none) and whatever a registered kernel of the same name points at. papermill hands
 ``kernel_manager_class`` on to nbclient; this manager's kernel spec launches ``sys.executable``.
 JupyterLab keeps using the registered ``vespa`` kernel (``make install`` / ``make lab``).
+
+The manager provisions CurveZMQ keys for each kernel it starts (``transport_encryption="required"``,
+jupyter_client 8.10): the kernel's TCP sockets are encrypted, so ipykernel 7 has no reason to warn
+"Kernel is running over TCP without encryption" on every run (a cron log stays quiet). Each kernel
+gets its own key pair and its own random ports, so concurrent runs do not collide.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
+ENCRYPTION = "curve"
+
 DISPLAY_NAME = "VESPA workbook"
 
 
@@ -22,7 +29,7 @@ def interpreter_spec() -> KernelSpec:
     """A Python kernel spec on ``sys.executable`` (the interpreter of this process)."""
     return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                       display_name=DISPLAY_NAME, language="python", resource_dir="",
-                      metadata={"debugger": True})
+                      metadata={"debugger": True, "supported_encryption": [ENCRYPTION]})
 
 
 class InterpreterKernelSpecs(KernelSpecManager):
@@ -34,6 +41,10 @@ class InterpreterKernelSpecs(KernelSpecManager):
 
 class InterpreterKernelManager(AsyncKernelManager):
     """nbclient's kernel manager, starting the kernel on this interpreter (see the module docstring)."""
+
+    @default("transport_encryption")
+    def _default_transport_encryption(self) -> str:
+        return "required"
 
     @default("kernel_spec_manager")
     def _default_kernel_specs(self) -> KernelSpecManager:
