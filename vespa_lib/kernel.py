@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import sys
 
+import zmq
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
-ENCRYPTION = "curve"
-
 DISPLAY_NAME = "VESPA workbook"
+ENCRYPTION = "curve"  # the kernel spec declares it; the manager then provisions the keys
+
 
 
 def interpreter_spec() -> KernelSpec:
@@ -44,7 +45,7 @@ class InterpreterKernelManager(AsyncKernelManager):
 
     @default("transport_encryption")
     def _default_transport_encryption(self) -> str:
-        return "required"
+        return "required" if zmq.has("curve") else "disabled"  # pyzmq's wheels bundle CurveZMQ
 
     @default("kernel_spec_manager")
     def _default_kernel_specs(self) -> KernelSpecManager:
