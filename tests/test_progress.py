@@ -1,4 +1,4 @@
-"""Progress a person can see, and quiet nightly logs (docs/ARCHITECTURE.md, "Running the runbooks").
+"""Progress a person can see, and quiet nightly logs (docs/OPERATIONS.md, "Reading a run").
 
 ``vespa-ops run`` prints one line per runbook section (its ``## …`` headings) with its duration, a failed
 run says in one line what failed, in which section, and where the evidence is, and stderr carries no
