@@ -31,7 +31,7 @@ from vespa_lib.synth.fresh import generate_fresh_export
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 VESPA_OPS = Path(sys.executable).with_name("vespa-ops")
-NOISE = ("WARNING", "Warning", "Unable to parse")
+NOISE = ("WARNING", "Warning", "Unable to parse", "ERROR")
 SECTION_RE = re.compile(r"^  \[(?P<runbook>\w+)\] (?P<title>.+?) \.\.\. (?P<end>FAILED after )?"
                         r"(?P<took>\d+\.\d s|\d+ min \d\d s)$")
 

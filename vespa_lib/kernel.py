@@ -47,6 +47,15 @@ class InterpreterKernelManager(AsyncKernelManager):
     def _default_transport_encryption(self) -> str:
         return "required" if zmq.has("curve") else "disabled"  # pyzmq's wheels bundle CurveZMQ
 
+    async def _async_interrupt_kernel(self) -> None:
+        """jupyter_client interrupts (SIGINT) every kernel before asking it to shut down. A finished
+        runbook has nothing to interrupt, and a SIGINT landing while the kernel answers its last message
+        made it log "KeyboardInterrupt caught in kernel." to the cron log now and then. At shutdown the
+        shutdown request alone is sent (then SIGTERM and SIGKILL if the kernel does not stop); a timed-out
+        cell is still interrupted (nbclient calls ``interrupt_kernel``, which this does not change)."""
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
+
     @default("kernel_spec_manager")
     def _default_kernel_specs(self) -> KernelSpecManager:
         return InterpreterKernelSpecs(parent=self)
