@@ -7,8 +7,10 @@
                                         plan the reversal of an applied run; with --approve, apply it
 
 Exit codes: 0 the run passed every check; 1 the run failed (evidence still written); 2 the command
-was refused before anything ran (unknown runbook, bad parameters). The last line ``run`` prints is
-the evidence folder. Writes only under ``outputs/``.
+was refused before anything ran (unknown runbook, bad parameters). ``run`` prints one line per runbook
+section with its duration (``vespa_lib.sections``), the verdict (a failed run: what failed, in which
+section, and where the evidence is, on one line), and last the evidence folder; nothing on stderr when
+all is well. Writes only under ``outputs/``.
 
 Runs from any working folder: the runbooks are in ``--notebooks``, else ``$VESPA_ROOT/notebooks``,
 else beside the installed package (an editable install knows its checkout), else in the nearest
