@@ -95,7 +95,7 @@ def test_failed_run_report_and_cli_name_the_step(runs, capsys):
     base, common = runs
     code, out, folder = run_import(base / "out", capsys, **common | {"snapshot_dir": str(base / "no_such_folder")})
     assert code == 1
-    assert "import: FAILED at step “1. Preflight: the csv_profile blockers and their fallbacks (F4, F5)”" in out
+    assert 'import: FAILED at "1. Preflight: the csv_profile blockers and their fallbacks (F4, F5)": SnapshotError' in out
     page = (folder / "report.html").read_text(encoding="utf-8")
     text = text_of(page)
     assert text.startswith("FAILED: import Stopped at step “1. Preflight: the csv_profile blockers and their "

@@ -7,8 +7,10 @@
                                         plan the reversal of an applied run; with --approve, apply it
 
 Exit codes: 0 the run passed every check; 1 the run failed (evidence still written); 2 the command
-was refused before anything ran (unknown runbook, bad parameters). The last line ``run`` prints is
-the evidence folder. Writes only under ``outputs/``.
+was refused before anything ran (unknown runbook, bad parameters). ``run`` prints one line per runbook
+section with its duration (``vespa_lib.sections``), the verdict (a failed run: what failed, in which
+section, and where the evidence is, on one line), and last the evidence folder; nothing on stderr when
+all is well. Writes only under ``outputs/``.
 
 Runs from any working folder: the runbooks are in ``--notebooks``, else ``$VESPA_ROOT/notebooks``,
 else beside the installed package (an editable install knows its checkout), else in the nearest
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -36,10 +39,12 @@ import yaml
 
 from vespa_lib import evidence, privacy, runbook
 from vespa_lib.errors import ParameterError, VespaError
+from vespa_lib.sections import SectionLog
 
 KERNEL = "vespa"
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 Command = Callable[[argparse.Namespace], int]
+CellHook = Callable[..., None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,23 +153,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     evidence.start_manifest(run_dir, runbook=name, run_id=run_id, parameters=parameters, started_at=started,
                             scrubber=privacy.Scrubber(secrets), repo=root)  # a killed run stays visible
     print(f"Running {name} (run {run_id}) ...", flush=True)
+    log = SectionLog(name)
     with tempfile.TemporaryDirectory(prefix="vespa-run-") as tmp:
         executed = Path(tmp) / f"{name}.ipynb"
         error = execute(path, executed, values, root=root, run_dir=run_dir, run_id=run_id,
-                        timeout=args.timeout, kernel=args.kernel)
+                        timeout=args.timeout, kernel=args.kernel, hooks=log.hooks())
+        failed_in = log.finish(error)
         manifest = evidence.finalise(run_dir, executed, runbook=name, run_id=run_id, parameters=parameters,
                                      started_at=started, error=error, scrubber=privacy.Scrubber(secrets),
                                      repo=root)
-    _print_summary(manifest)
+    _print_summary(manifest, section=failed_in if error else None, run_dir=run_dir)
     print(run_dir)
     return 0 if manifest["status"] == "passed" else 1
 
 
 def execute(path: Path, executed: Path, values: dict[str, Any], *, root: Path, run_dir: Path, run_id: str,
-            timeout: int, kernel: str | None) -> str | None:
+            timeout: int, kernel: str | None, hooks: dict[str, CellHook] | None = None) -> str | None:
     """Run the notebook with papermill in ``root``; return None on success, else ``"ExceptionName: message"``.
 
-    ``kernel`` None runs it on this interpreter (``vespa_lib.kernel``); a name, on that registered kernel."""
+    ``kernel`` None runs it on this interpreter (``vespa_lib.kernel``); a name, on that registered kernel.
+    ``hooks`` are nbclient's cell hooks (``on_cell_start`` …), handed on through papermill's engine keyword
+    arguments: :class:`vespa_lib.sections.SectionLog` prints the sections with them."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -172,9 +181,10 @@ def execute(path: Path, executed: Path, values: dict[str, Any], *, root: Path, r
 
     env = {"VESPA_RUN_DIR": str(run_dir), "VESPA_RUN_ID": run_id, "VESPA_UNATTENDED": "1",
            runbook.ROOT_ENV: str(root)}
-    engine = {} if kernel else {"kernel_manager_class": InterpreterKernelManager}
+    engine: dict[str, Any] = {} if kernel else {"kernel_manager_class": InterpreterKernelManager}
+    engine |= hooks or {}
     try:
-        with _environment(env):
+        with _environment(env), _validated_parameters():
             papermill.execute_notebook(str(path), str(executed), parameters=values, kernel_name=kernel or KERNEL,
                                        cwd=str(root), execution_timeout=timeout, progress_bar=False,
                                        log_output=False, **engine)
@@ -183,6 +193,31 @@ def execute(path: Path, executed: Path, values: dict[str, Any], *, root: Path, r
     except Exception as exc:  # a kernel that dies or times out is a failed run, still with evidence
         return ANSI_RE.sub("", f"{type(exc).__name__}: {exc}")
     return None
+
+
+class _KnownParameters(logging.Filter):
+    """Drops papermill's "Passed unknown parameter" and "Unable to parse line" warnings, nothing else.
+
+    ``cmd_run`` has already checked every name and type against the runbook's own reading of its
+    parameters cell (``runbook.validate`` refuses unknown names), which reads annotations such as
+    ``str | None`` that papermill's simpler pattern does not; papermill's guess would only repeat a
+    false alarm in every night's log."""
+
+    PREFIXES = ("Passed unknown parameter:", "Unable to parse line")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.PREFIXES)
+
+
+@contextlib.contextmanager
+def _validated_parameters() -> Iterator[None]:
+    """:class:`_KnownParameters` on papermill's logger while it runs a validated runbook."""
+    logger, known = logging.getLogger("papermill"), _KnownParameters()
+    logger.addFilter(known)
+    try:
+        yield
+    finally:
+        logger.removeFilter(known)
 
 
 @contextlib.contextmanager
@@ -200,10 +235,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def _print_summary(manifest: dict[str, Any]) -> None:
+def _print_summary(manifest: dict[str, Any], section: str | None = None, run_dir: Path | None = None) -> None:
     """One verdict line, then each failed check and the error. A run whose write committed says so
     first ("APPLIED (write committed), then post-check failed: X"): the write stands, nobody should
-    undo or repeat it because a check after the commit failed."""
+    undo or repeat it because a check after the commit failed. A failed run without a committed write
+    says in its one line what failed, in which section, and where the evidence is:
+    ``sync_check: FAILED at "6. Apply": GuardRefused: … (2/5 checks passed) — evidence outputs/…``."""
     checks = manifest.get("checks") or []
     passed = sum(1 for c in checks if c["passed"])
     failed = [c["name"] for c in checks if not c["passed"]]
@@ -216,15 +253,24 @@ def _print_summary(manifest: dict[str, Any]) -> None:
                   f"(vespa-ops undo {written['run_id']})")
     elif manifest.get("write_committed"):
         print(f"{manifest['runbook']}: PASSED ({passed}/{len(checks)} checks passed; write committed)")
-    elif manifest["status"] != "passed" and not checks and manifest.get("failed_step"):
-        print(f"{manifest['runbook']}: FAILED at step “{manifest['failed_step']}” before any check")
+    elif manifest["status"] != "passed" and manifest.get("error"):
+        print(_failure_line(manifest, section or manifest.get("failed_step"), run_dir,
+                            f"{passed}/{len(checks)} checks passed"))
     else:
         print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
     for check in checks:
         if not check["passed"]:
             print(f"  FAILED {check['name']}: {check.get('detail', '')}")
-    if manifest.get("error"):
+    if manifest.get("error") and manifest.get("write_committed"):
         print(f"  error: {manifest['error']}")
+
+
+def _failure_line(manifest: dict[str, Any], section: str | None, run_dir: Path | None, tally: str) -> str:
+    """``RUNBOOK: FAILED at "SECTION": Error: message (tally) — evidence FOLDER`` on one line."""
+    error = " ".join(str(manifest["error"]).split())
+    where = f' at "{section}"' if section else ""
+    evidence_at = f" — evidence {run_dir}" if run_dir else ""
+    return f"{manifest['runbook']}: {manifest['status'].upper()}{where}: {error} ({tally}){evidence_at}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -5,24 +5,32 @@ parameters, whether or not a kernel was ever registered (a cron server made with
 has none) and whatever a registered kernel of the same name points at. papermill hands
 ``kernel_manager_class`` on to nbclient; this manager's kernel spec launches ``sys.executable``.
 JupyterLab keeps using the registered ``vespa`` kernel (``make install`` / ``make lab``).
+
+The manager provisions CurveZMQ keys for each kernel it starts (``transport_encryption="required"``,
+jupyter_client 8.10): the kernel's TCP sockets are encrypted, so ipykernel 7 has no reason to warn
+"Kernel is running over TCP without encryption" on every run (a cron log stays quiet). Each kernel
+gets its own key pair and its own random ports, so concurrent runs do not collide.
 """
 
 from __future__ import annotations
 
 import sys
 
+import zmq
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from traitlets import default
 
 DISPLAY_NAME = "VESPA workbook"
+ENCRYPTION = "curve"  # the kernel spec declares it; the manager then provisions the keys
+
 
 
 def interpreter_spec() -> KernelSpec:
     """A Python kernel spec on ``sys.executable`` (the interpreter of this process)."""
     return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
                       display_name=DISPLAY_NAME, language="python", resource_dir="",
-                      metadata={"debugger": True})
+                      metadata={"debugger": True, "supported_encryption": [ENCRYPTION]})
 
 
 class InterpreterKernelSpecs(KernelSpecManager):
@@ -34,6 +42,19 @@ class InterpreterKernelSpecs(KernelSpecManager):
 
 class InterpreterKernelManager(AsyncKernelManager):
     """nbclient's kernel manager, starting the kernel on this interpreter (see the module docstring)."""
+
+    @default("transport_encryption")
+    def _default_transport_encryption(self) -> str:
+        return "required" if zmq.has("curve") else "disabled"  # pyzmq's wheels bundle CurveZMQ
+
+    async def _async_interrupt_kernel(self) -> None:
+        """jupyter_client interrupts (SIGINT) every kernel before asking it to shut down. A finished
+        runbook has nothing to interrupt, and a SIGINT landing while the kernel answers its last message
+        made it log "KeyboardInterrupt caught in kernel." to the cron log now and then. At shutdown the
+        shutdown request alone is sent (then SIGTERM and SIGKILL if the kernel does not stop); a timed-out
+        cell is still interrupted (nbclient calls ``interrupt_kernel``, which this does not change)."""
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
 
     @default("kernel_spec_manager")
     def _default_kernel_specs(self) -> KernelSpecManager:

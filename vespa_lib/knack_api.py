@@ -30,9 +30,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import pyarrow as pa
-from tqdm.auto import tqdm
 
-from . import fieldmap, knack, snapshot
+from . import fieldmap, knack, progress, snapshot
 from .errors import ParameterError, TargetError
 from .retry import retry_delay
 from .targets import resolve_env
@@ -59,12 +58,13 @@ class KnackClient:
 
     ``app_id_var``/``api_key_var`` NAME the environment variables (or ``.env`` entries) holding the
     application id and REST API key. ``transport`` is an optional ``httpx`` transport; ``sleep`` is
-    injectable so retry tests do not wait. ``last_read`` describes the most recent read.
+    injectable so retry tests do not wait. ``last_read`` describes the most recent read. ``progress``:
+    a bar over each object's pages, by default where someone can see it (``vespa_lib.progress``).
     """
 
     def __init__(self, app_id_var: str, api_key_var: str, *, base_url: str = "https://api.knack.com/v1",
                  transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
-                 max_attempts: int = 6, progress: bool = False, backoff: float = 0.5, timeout: float = 60.0,
+                 max_attempts: int = 6, progress: bool | None = None, backoff: float = 0.5, timeout: float = 60.0,
                  dotenv_path: str | None = None):
         if max_attempts < 1:
             raise ParameterError(f"max_attempts must be at least 1, got {max_attempts}.")
@@ -181,7 +181,7 @@ class KnackClient:
         total, pages = body["total_records"], body["total_pages"]
         self.last_read.update(total_records=total, total_pages=pages)
         seen: set[str] = set()
-        with tqdm(total=total, desc=object_key, unit="rec", disable=not self.progress) as bar:
+        with progress.bar(total=total, desc=f"Knack {object_key}", unit="rec", show=self.progress) as bar:
             for page in range(1, pages + 1):
                 if page > 1:
                     body = self._page(object_key, page, rows_per_page, filters)

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from vespa_lib import duckwork
+from vespa_lib import duckwork, progress
 from vespa_lib.errors import ValidationFailed, VespaError
 from vespa_lib.privacy import mask_email
 from vespa_lib.rowdigest import unchanged_groups
@@ -235,8 +235,9 @@ def copy_in(con: Any, name: str, cols: list[str], table: pa.Table | pa.RecordBat
     ``table`` may be a stream (``RecordBatchReader``): rows are then never all in memory at once."""
     collist = ", ".join(q(c) for c in cols)
     batches = table if isinstance(table, pa.RecordBatchReader) else table.to_batches(max_chunksize=50_000)
+    total = None if isinstance(table, pa.RecordBatchReader) else len(batches)
     with con.cursor().copy(f"COPY {name} ({collist}) FROM STDIN WITH (FORMAT csv)") as copy:
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(progress.bar(batches, total=total, desc=f"COPY {name}", unit="batch")):
             buf = io.BytesIO()
             pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
             copy.write(buf.getvalue())
@@ -672,9 +673,7 @@ def stage_and_classify(con: Any, desired: Desired, *, archived_write_years: tupl
     _session_settings(con)
     counts, changed, samples, reasons, changes, staged = {}, {}, {}, {}, {}, {}
     timings: dict[str, float] = {}
-    for spec in SPECS:
-        if spec.name not in desired.tables:
-            continue
+    for spec in progress.bar([s for s in SPECS if s.name in desired.tables], desc="Planning", unit="table"):
         with timed(timings, f"unique.{spec.name}"):
             _check_unique(desired, spec)
             changes[spec.name] = desired_facts(desired, spec)["digest"]

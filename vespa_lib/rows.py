@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from . import knack, rows_sql, years
+from . import knack, progress, rows_sql, years
 from .errors import ParameterError, SchemaError
 
 __all__ = ["ImportRows", "build_rows", "QUARANTINE_REASONS", "DROP_REASONS"]
@@ -66,6 +66,9 @@ class ImportRows:
                 "quarantine": self.quarantine.num_rows}
 
 
+_STAGES = 5  # the steps of build_rows its progress bar counts
+
+
 def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29_percentage: bool = False,
                establishment_scope: list[str] | None = None,
                year_fallback: str | None = "snapshot_year", calendar_year: str | None = None,
@@ -102,20 +105,26 @@ def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29
     # fetchone) before registering Arrow tables. The snapshot tables are TEMP views of this
     # connection, so a cursor (another connection) could not see them.
     con.complete()
+    steps = progress.Stages("Building the rows", _STAGES)
     try:
         for obj in rows_sql.SOURCE_TABLES:
             con.execute(rows_sql.copy_source(obj, snapshot.table(obj)))
+        steps.done("snapshot copied")
         _register_reference(con, reference)
         _decode_distinct(con)
+        steps.done("reference and values decoded")
         params = {"year": year, "first": int(year[:4]), "calendar_year": _calendar_year(year),
                   "calendar_first": calendar_first, "scoped": scope is not None, "scope": scope or [],
                   "late_only": bool(late_cycles_only), "archived": _labels(archived_years),
                   "cohort_years": _labels(cohort_years)}
         _run_records(con, params, no_fallback=year_fallback is None)
+        steps.done("records")
         _run_answers(con, convert_q29_percentage)
+        steps.done("answers")
         con.execute(rows_sql.QUARANTINE, {"file10": str(snapshot.files["object_10"]),
                                           "file29": str(snapshot.files["object_29"])})
         con.execute(_NO_DATE_DETAIL)
+        steps.done("quarantine")
         return ImportRows(
             academic_year=year,
             students=_fetch(con, "_rows_students", STUDENT_COLUMNS),
@@ -125,6 +134,7 @@ def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29
             rule_counts=_rule_counts(con),
         )
     finally:
+        steps.close()
         _drop_work_tables(con)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import duckwork, fieldmap
+from . import duckwork, fieldmap, progress
 from .errors import SnapshotError
 from .files import sha256_of
 
@@ -148,7 +148,7 @@ def open_snapshot(snapshot_dir: str | Path, con: duckdb.DuckDBPyConnection | Non
         con = duckwork.connect()
     snap = Snapshot(con=con, files=files, resolutions={})
     fmap = fieldmap.load()
-    for obj, path in files.items():
+    for obj, path in progress.bar(files.items(), total=len(files), desc="Reading the snapshot", unit="file"):
         info = _read_header(path)
         snap.resolutions[obj] = _resolve(fmap, obj, info)
         _load(con, obj, info, snap.resolutions[obj], fmap.columns(obj))
