@@ -26,7 +26,9 @@ def test_a_committed_run_says_applied_before_the_failed_post_check(capsys):
 
 def test_a_run_that_wrote_nothing_still_says_failed(capsys):
     cli._print_summary(_manifest(write_committed=False))
-    assert capsys.readouterr().out.splitlines()[0] == "year_transition: FAILED (1/2 checks passed)"
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("year_transition: FAILED: ValidationFailed: 1 of 2 checks failed: dashboard_year_switching "
+                     "(1/2 checks passed)")
 
 
 def test_decimal_columns_are_compared_at_their_scale_and_the_largest_difference_reported():
