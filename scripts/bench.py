@@ -43,10 +43,10 @@ import pyarrow as pa
 from vespa_lib import importer, schema, synth
 from vespa_lib.guard import apply_plan
 from vespa_lib.localpg import LocalPostgres
-from vespa_lib.plan import copy_in
-from vespa_lib.plan import q as _q
+from vespa_lib.pgcopy import copy_in
 from vespa_lib.profile import profile_snapshot
 from vespa_lib.snapshot import open_snapshot
+from vespa_lib.sql import q as _q
 from vespa_lib.synth.postgres import load_into_postgres
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ from test_plan import CUR, EST_A, OLD, apply, connect, desired, migrate, open_ta
 
 from vespa_lib.errors import GuardRefused, ValidationFailed
 from vespa_lib.guard import LOCK_KEY, apply_plan, apply_undo, plan_undo, table_checksums, verify
-from vespa_lib.plan import plan_changes, scalar
+from vespa_lib.plan import plan_changes
+from vespa_lib.sql import scalar
 
 DATA = ["students", "vespa_scores", "question_responses", "academic_years", "school_statistics",
         "national_statistics"]

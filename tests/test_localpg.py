@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from vespa_lib import localpg
+from vespa_lib import errors, localpg
 from vespa_lib.errors import TargetError
 
 pytestmark = pytest.mark.postgres
@@ -78,14 +78,17 @@ def test_starts_as_a_non_root_user():
     # works in it: the checkout (and pytest's tmp_path, 0700) may sit where other users cannot enter.
     with tempfile.TemporaryDirectory(prefix="vespa-localpg-") as tmp:
         work = Path(tmp)
-        package = work / "pkg" / "vespa_lib"
+        # the module and vespa_lib.errors, at their paths in the package (wherever localpg sits in it)
+        *parents, _ = localpg.__name__.split(".")
+        package = work / "pkg" / Path(*parents)
         package.mkdir(parents=True)
-        (package / "__init__.py").write_text("")
-        for name in ("localpg.py", "errors.py"):
-            shutil.copy(Path(localpg.__file__).with_name(name), package / name)
-        for path in (work, work / "pkg", package, *package.iterdir()):
+        for depth in range(1, len(parents) + 1):
+            (work / "pkg" / Path(*parents[:depth]) / "__init__.py").write_text("")
+        shutil.copy(localpg.__file__, package / "localpg.py")
+        shutil.copy(errors.__file__, work / "pkg" / parents[0] / "errors.py")
+        for path in (work, *(work / "pkg").rglob("*")):
             path.chmod(0o755)
-        script = ("import vespa_lib.localpg as m\nfrom vespa_lib.localpg import LocalPostgres\n"
+        script = (f"import {localpg.__name__} as m\nfrom {localpg.__name__} import LocalPostgres\n"
                   "pg = LocalPostgres().start(); folder = pg.folder; print(m.__file__); print(pg.port); pg.stop()\n"
                   "assert not folder.exists()\n")
         done = subprocess.run(["runuser", "-u", "postgres", "--", "/usr/bin/python3", "-c", script],

@@ -218,12 +218,12 @@ def test_planning_is_read_only(con):
 
 
 def _both_ways(con, want: Desired, monkeypatch, **kw):
-    import vespa_lib.plan as planmod
+    import vespa_lib.classify as classify
 
     fast = plan_changes(con, want, **kw)
-    monkeypatch.setattr(planmod, "FAST_NOOP", False)
+    monkeypatch.setattr(classify, "FAST_NOOP", False)
     slow = plan_changes(con, want, **kw)
-    monkeypatch.setattr(planmod, "FAST_NOOP", True)
+    monkeypatch.setattr(classify, "FAST_NOOP", True)
     return fast, slow
 
 
@@ -267,7 +267,8 @@ def test_fast_path_plans_what_classification_plans(con, monkeypatch, case, make,
     ("scores changed", lambda r: desired(r, score=4), {"vespa_scores": 3, "question_responses": 6}),
 ])
 def test_fast_path_stages_only_the_changed_student_groups(con, case, make, staged):
-    from vespa_lib.plan import rolled_back, run, stage_and_classify
+    from vespa_lib.plan import stage_and_classify
+    from vespa_lib.sql import rolled_back, run
 
     apply(con, desired(students(OLD, EST_A, 4)), "r1")  # the live slice holds a student the snapshot lacks
     with rolled_back(con):

@@ -12,7 +12,8 @@ from test_audit import load_into_postgres
 
 from vespa_lib import sync, synth
 from vespa_lib.guard import apply_plan
-from vespa_lib.plan import Desired, checksum_expr, plan_changes, row_text_expr
+from vespa_lib.plan import Desired, plan_changes
+from vespa_lib.sql import checksum_expr, row_text_expr
 from vespa_lib.synth.fresh import generate_fresh_export
 
 pytestmark = pytest.mark.postgres

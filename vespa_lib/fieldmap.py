@@ -130,7 +130,7 @@ def _load(data: dict) -> FieldMap:
 def load(path: str | None = None) -> FieldMap:
     """Load the field map (the packaged ``fieldmap.yaml`` unless a path is given)."""
     if path is None:
-        text = resources.files("vespa_lib").joinpath("fieldmap.yaml").read_text(encoding="utf-8")
+        text = resources.files(__package__).joinpath("fieldmap.yaml").read_text(encoding="utf-8")
     else:
         text = Path(path).read_text(encoding="utf-8")
     return _load(yaml.safe_load(text))

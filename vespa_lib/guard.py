@@ -42,31 +42,29 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from vespa_lib.bulkload import is_bulk, keys_rebuilt
+from vespa_lib.classify import live_sql
 from vespa_lib.errors import GuardRefused, ValidationFailed, VespaError
 from vespa_lib.migrations import ARCHIVED_TABLES, apply_pending
+from vespa_lib.pgcopy import copy_out_batches
 from vespa_lib.plan import (
     SPECS,
     Desired,
     Plan,
     archived_years,
-    checksum_expr,
-    copy_out_batches,
-    in_list,
-    live_sql,
     plan_changes,
-    q,
     reuse_kept,
-    row_text_expr,
-    run,
-    scalar,
     stage_and_classify,
     timed,
 )
+from vespa_lib.planspec import sha
+from vespa_lib.planstate import state_digest
 from vespa_lib.protect import WRITERS_LOCK_KEY
 from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of, table_columns, transaction
+from vespa_lib.sql import checksum_expr, in_list, q, rolled_back, row_text_expr, run, scalar
 from vespa_lib.years import year_bounds
 
 __all__ = ["CRASH_ENV", "INSERT_BACKUP", "LOCK_KEY", "WRITERS_WAIT", "ApplyResult", "Verification", "apply_plan", "apply_undo", "bulk_tables", "plan_undo",
+           "backup_rows", "close_run", "guarded_write", "mark_archived", "open_run", "snapshot_stats",
            "table_checksums", "verify", "write_transaction"]
 
 LOCK_KEY = 0x56455350_41  # "VESPA": the one advisory lock every guarded run takes
@@ -146,6 +144,21 @@ def _check_fingerprint(plan: Plan, approve: str) -> None:
                            f"{plan.fingerprint[:12]}…): nothing was written. Re-plan, review, approve again.")
 
 
+@contextmanager
+def guarded_write(con: Any, *, approve: str, target_kind: str | None, replan: Callable[[], Any]) -> Iterator[Any]:
+    """The guard's protocol around a write (steps 1-3 of the module docstring): the approval checked,
+    ONE write transaction, the lock, ``replan()`` under the lock and its ``fingerprint`` compared with
+    ``approve``. Yields the re-made plan; the block writes through ``open_run``, ``backup_rows``,
+    ``snapshot_stats``, ``mark_archived`` and ``close_run``, and commits when it ends (any error rolls
+    everything back). For writes other than a data plan: an undo, the year rollover."""
+    _check_approval(approve, dialect_of(con), target_kind)
+    with write_transaction(con):
+        _lock(con)
+        plan = replan()
+        _check_fingerprint(plan, approve)
+        yield plan
+
+
 def _clean(parameters: dict | None) -> dict:
     """Parameters without secrets (SPEC.md §4): values of secret-looking names are dropped."""
     return {k: ("<removed>" if any(w in k.lower() for w in _SECRET_WORDS) else v)
@@ -156,8 +169,10 @@ def _json(con: Any) -> str:
     return "JSONB" if dialect_of(con) == "postgres" else "JSON"
 
 
-def _open_run(con: Any, run_id: str, info: dict, years: list[str], grants: list[str]) -> None:
-    """Settings the triggers read, the ``applying`` ledger row and archive grants, in this transaction."""
+def open_run(con: Any, run_id: str, info: dict, years: list[str], grants: list[str]) -> None:
+    """Open run ``run_id`` inside the guarded transaction: the settings the archive triggers read, its
+    ``applying`` ledger row (``info``: runbook, actor, parameters, target_kind, fingerprint; secrets
+    removed) naming ``years``, and archive grants for ``grants``. Writes."""
     if dialect_of(con) == "postgres":
         run(con, "SELECT set_config('vespa.run_id', ?, true), set_config('vespa.allowed_years', ?, true)",
             [run_id, ",".join(grants)])
@@ -170,7 +185,8 @@ def _open_run(con: Any, run_id: str, info: dict, years: list[str], grants: list[
             [run_id, year, info["actor"]])
 
 
-def _close_run(con: Any, run_id: str, counts: dict) -> None:
+def close_run(con: Any, run_id: str, counts: dict) -> None:
+    """Complete run ``run_id``'s ledger row: ``applied``, finished now, with ``counts``. Writes."""
     run(con, f"UPDATE {OPS_SCHEMA}.ledger SET status = 'applied', finished_at = current_timestamp, "
              f"counts = CAST(? AS {_json(con)}) WHERE run_id = ?", [json.dumps(counts, default=str), run_id])
 
@@ -209,7 +225,7 @@ def _backup_cols(con: Any, table: str) -> list[str]:
     return [c["name"] for c in table_columns(con, table) if c["name"] in backup]
 
 
-def _backup_rows(con: Any, run_id: str, table: str, where: str, params: list, op: str) -> int:
+def backup_rows(con: Any, run_id: str, table: str, where: str, params: list, op: str) -> int:
     """Copy live rows matching ``where`` into vespa_ops.backup_<table> as pre-images (of an insert:
     the row's id and year, ``INSERT_BACKUP``)."""
     cols = ", ".join(q(c) for c in (INSERT_BACKUP if op == "insert" else _backup_cols(con, table)))
@@ -282,7 +298,7 @@ def _insert(con: Any, spec: Any, cols: list[str], marked: list[str], run_id: str
               "WHERE p.op = 'insert' AND p.refused IS NULL")
     if dialect_of(con) != "postgres":  # DuckDB has no DML in WITH: backed up by key afterwards
         n = run(con, insert, params)[0][0]
-        _backup_rows(con, run_id, spec.name, _inserted_ids(spec), [], "insert")
+        backup_rows(con, run_id, spec.name, _inserted_ids(spec), [], "insert")
         return n
     backup = ", ".join(q(c) for c in INSERT_BACKUP)
     return run(con, f"WITH ins AS ({insert} RETURNING {backup}) INSERT INTO {OPS_SCHEMA}.backup_{spec.name} "
@@ -326,8 +342,8 @@ def _merge(con: Any, plan: Plan, run_id: str, marked: list[str], timings: dict[s
     applied.update({s.name: {} for s in present})
     with timed(timings, "backup"):
         for spec in present:
-            _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("update",)), [], "update")
-            _backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("delete",)), [], "delete")
+            backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("update",)), [], "update")
+            backup_rows(con, run_id, spec.name, _planned_ids(spec.name, ("delete",)), [], "delete")
     with timed(timings, "merge.delete"):
         for spec in reversed(present):
             applied[spec.name]["delete"] = run(con, f"DELETE FROM {spec.name} WHERE id IN (SELECT lid FROM vespa_plan_"
@@ -392,10 +408,11 @@ def _check_counts(plan: Plan, applied: dict, before: dict, after: dict) -> None:
 # --- archive markers and statistics --------------------------------------------------------------
 
 
-def _snapshot_stats(con: Any, run_id: str, years: list[str]) -> None:
-    """Pre-image of the statistics of ``years``: undo deletes those years' rows and restores these."""
+def snapshot_stats(con: Any, run_id: str, years: list[str]) -> None:
+    """Back up the statistics of ``years`` for run ``run_id``: undo deletes those years' rows and
+    restores these. Writes (backup tables)."""
     for table in STATS_TABLES:
-        _backup_rows(con, run_id, table, f"t.academic_year IN {in_list(years)}", list(years), "delete")
+        backup_rows(con, run_id, table, f"t.academic_year IN {in_list(years)}", list(years), "delete")
 
 
 def _mark_rows(con: Any, run_id: str, table: str, years: list[str]) -> int:
@@ -405,14 +422,16 @@ def _mark_rows(con: Any, run_id: str, table: str, years: list[str]) -> int:
         # rows this run updated are backed up already (their pre-image); inserted rows arrive marked
         # NOT IN, not NOT EXISTS: a hashed subplan whatever the (stale, in-transaction) statistics say; an
         # anti-join planned on them looped over the run's backup rows per row (38 s at realistic scale)
-        _backup_rows(con, run_id, table, where + f" AND t.id NOT IN (SELECT b.id FROM {OPS_SCHEMA}.backup_{table} b "
+        backup_rows(con, run_id, table, where + f" AND t.id NOT IN (SELECT b.id FROM {OPS_SCHEMA}.backup_{table} b "
                      "WHERE b._run_id = ? AND b._op = 'update')", [*years, run_id], "update")
     return run(con, f"UPDATE {table} SET is_archived = true WHERE academic_year IN {in_list(years)} "
                     "AND NOT is_archived", list(years))[0][0]
 
 
-def _mark_archived(con: Any, run_id: str, years: list[str], early: dict[str, int]) -> dict:
-    """Set is_archived on every row of the years this run archives, and in academic_years.
+def mark_archived(con: Any, run_id: str, years: list[str], early: dict[str, int]) -> dict:
+    """Set is_archived on every row of ``years`` (the years run ``run_id`` archives), pre-images backed
+    up, and mark them archived in academic_years (inserting a missing row); returns rows marked per
+    table. Writes.
 
     ``early``: rows already marked by ``_merge`` (bulk tables, marked while their keys were dropped)."""
     marked = dict(early)
@@ -421,13 +440,13 @@ def _mark_archived(con: Any, run_id: str, years: list[str], early: dict[str, int
             marked[table] = _mark_rows(con, run_id, table, years)
     for year in years:
         where = "t.academic_year = ?"
-        if _backup_rows(con, run_id, "academic_years", where, [year], "update"):
+        if backup_rows(con, run_id, "academic_years", where, [year], "update"):
             run(con, "UPDATE academic_years SET is_archived = true, is_current = false WHERE academic_year = ?", [year])
         else:
             start, end = year_bounds(year)
             run(con, "INSERT INTO academic_years (academic_year, start_date, end_date, is_current, is_archived) "
                      "VALUES (?, ?, ?, false, true)", [year, start, end])
-            _backup_rows(con, run_id, "academic_years", where, [year], "insert")
+            backup_rows(con, run_id, "academic_years", where, [year], "insert")
     return marked
 
 
@@ -469,8 +488,8 @@ def apply_plan(con: Any, desired: Desired, *, approve: str, run_id: str, runbook
         info["fingerprint"] = plan.fingerprint
         if plan.migrations:
             done = apply_pending(con, run_id)
-            _open_run(con, run_id, info, [], [])
-            _close_run(con, run_id, {"migrations": done})
+            open_run(con, run_id, info, [], [])
+            close_run(con, run_id, {"migrations": done})
             crash_point("before_commit")
             return ApplyResult(run_id, plan.fingerprint, plan, migrations=done)
         result = _apply_data(con, plan, run_id, info, hook, (archive_years, write_years), desired, timings)
@@ -490,14 +509,14 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
     archive_years, write_years = years
     changed = _changed_years(plan)
     _refuse_duck_limits(con, plan)
-    _open_run(con, run_id, info, sorted(set(changed) | set(archive_years)), sorted(set(archive_years) | set(write_years)))
+    open_run(con, run_id, info, sorted(set(changed) | set(archive_years)), sorted(set(archive_years) | set(write_years)))
     with timed(timings, "check_counts"):  # a plan without changes writes no row: nothing to count (SPEC.md §9)
         before = _year_counts(con) if not plan.is_empty else None
     marked_years = sorted(set(archive_years) | set(archived_years(con)))
     stats_years = sorted((set(changed) if hook else set()) | set(archive_years))
     if stats_years:
         with timed(timings, "backup"):
-            _snapshot_stats(con, run_id, stats_years)
+            snapshot_stats(con, run_id, stats_years)
     bulk = bulk_tables(con, plan, before) if before is not None else []
     early: dict[str, int] = {}
     applied = _merge(con, plan, run_id, marked_years, timings, bulk, archive_years, early)
@@ -505,7 +524,7 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
         if hook is not None and changed:
             hook(con, dialect_of(con), sorted(set(changed) | set(archive_years)), desired.establishment_ids)
     with timed(timings, "archive_markers"):
-        marked = _mark_archived(con, run_id, archive_years, early) if archive_years else {}
+        marked = mark_archived(con, run_id, archive_years, early) if archive_years else {}
     with timed(timings, "check_counts"):
         _check_counts(plan, applied, before or {}, _year_counts(con) if before is not None else {})
     for table, n in plan.extra.get("mark", {}).items():
@@ -514,7 +533,7 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
                                    f"{marked.get(table)}; everything was rolled back. Re-plan and investigate.")
     counts = {"plan": plan.counts(), "applied": applied, "marked": marked, "statistics_years": stats_years,
               "archive_years": archive_years, "bulk_tables": bulk}
-    _close_run(con, run_id, counts)
+    close_run(con, run_id, counts)
     return ApplyResult(run_id, plan.fingerprint, plan, applied=counts)
 
 
@@ -598,8 +617,6 @@ def _undo_counts(con: Any, run_id: str, stats_years: list[str]) -> dict:
 
 
 def _undo_plan(con: Any, run_id: str) -> Plan:
-    from vespa_lib.plan import sha, state_digest
-
     _, counts = _ledger(con, run_id)
     stats_years = counts.get("statistics_years", [])
     plan_counts = _undo_counts(con, run_id, stats_years)
@@ -617,8 +634,6 @@ def _undo_plan(con: Any, run_id: str) -> Plan:
 
 def plan_undo(con: Any, run_id: str) -> Plan:
     """What undoing ``run_id`` would change (delete its inserts, restore its pre-images). Read-only."""
-    from vespa_lib.plan import rolled_back
-
     with rolled_back(con):
         return _undo_plan(con, run_id)
 
@@ -654,18 +669,13 @@ def _undo_writes(con: Any, run_id: str, stats_years: list[str]) -> None:
 def apply_undo(con: Any, run_id: str, *, approve: str, undo_run_id: str, actor: str,
                target_kind: str | None = None) -> ApplyResult:
     """Reverse ``run_id`` as its own guarded run (lock, fingerprint, ledger row, grants). Writes."""
-    dialect = dialect_of(con)
-    _check_approval(approve, dialect, target_kind)
-    with write_transaction(con):
-        _lock(con)
-        plan = _undo_plan(con, run_id)
-        _check_fingerprint(plan, approve)
+    with guarded_write(con, approve=approve, target_kind=target_kind, replan=lambda: _undo_plan(con, run_id)) as plan:
         info = {"runbook": "undo", "actor": actor, "parameters": {"undo_of": run_id},
-                "target_kind": target_kind or dialect, "fingerprint": plan.fingerprint}
+                "target_kind": target_kind or dialect_of(con), "fingerprint": plan.fingerprint}
         years = plan.scope["years"]
-        _open_run(con, undo_run_id, info, years, years)
+        open_run(con, undo_run_id, info, years, years)
         _undo_writes(con, run_id, plan.scope["statistics_years"])
         run(con, f"UPDATE {OPS_SCHEMA}.ledger SET status = 'undone' WHERE run_id = ?", [run_id])
-        _close_run(con, undo_run_id, {"plan": plan.counts(), "undo_of": run_id})
+        close_run(con, undo_run_id, {"plan": plan.counts(), "undo_of": run_id})
         crash_point("before_commit")
     return ApplyResult(undo_run_id, plan.fingerprint, plan, applied={"undo_of": run_id})

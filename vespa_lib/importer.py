@@ -58,10 +58,12 @@ import pyarrow.compute as pc
 from vespa_lib import duckwork, guard, privacy, stats, targets, years
 from vespa_lib import plan as planmod
 from vespa_lib import rows as rowsmod
+from vespa_lib.classify import live_sql
 from vespa_lib.errors import GuardRefused, ParameterError, VespaError
 from vespa_lib.profile import Profile, profile_snapshot
 from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of
 from vespa_lib.snapshot import Snapshot, open_snapshot
+from vespa_lib.sql import in_list, q, run
 
 __all__ = ["RUNBOOK", "ImportOutcome", "Rehearsal", "Repairs", "actor", "find_repairs", "repair_complete",
            "repair_desired", "repairs_for", "applied_matches_plan", "archive_labels",
@@ -163,8 +165,8 @@ def _establishment_ids(con: Any, scope: list[str] | None) -> list[str] | None:
     """F16: the establishments' uuids for the scope's knack ids; unknown ids refuse the run."""
     if not scope:
         return None
-    found = dict(planmod.run(con, "SELECT knack_id, CAST(id AS TEXT) FROM establishments WHERE knack_id IN "
-                                  f"{planmod.in_list(scope)}", list(scope)))
+    found = dict(run(con, "SELECT knack_id, CAST(id AS TEXT) FROM establishments WHERE knack_id IN "
+                                  f"{in_list(scope)}", list(scope)))
     unknown = [k for k in scope if k not in found]
     if unknown:
         raise ParameterError(f"establishment_scope names {unknown}, which no establishment in the target has as "
@@ -231,7 +233,7 @@ class Repairs:
 
 def _variants(con: Any, labels: list[str]) -> list[str]:
     """``labels`` and stored misspellings of them (F11: ``2024-25`` is 2024/2025). Read-only."""
-    stored = {r[0] for t in TABLES for r in planmod.run(con, f"SELECT DISTINCT academic_year FROM {t}")}
+    stored = {r[0] for t in TABLES for r in run(con, f"SELECT DISTINCT academic_year FROM {t}")}
     wanted = {years.canonical(x) for x in labels}
     out = set(labels)
     for label in stored:
@@ -248,23 +250,23 @@ def _live_rows(con: Any, spec: planmod.TableSpec, labels: list[str], ests: list[
     from vespa_lib.sync_checks import fetch_arrow  # noqa: PLC0415 - one Arrow reader for both dialects
 
     cols = [c for c in (*spec.keys, *spec.compared) if c not in ("email", "academic_year")]
-    sel = ", ".join(f"CAST(t.{planmod.q(c)} AS TEXT) AS {planmod.q(c)}" if spec.types[c] == "UUID"
-                    else f"t.{planmod.q(c)}" for c in cols)
+    sel = ", ".join(f"CAST(t.{q(c)} AS TEXT) AS {q(c)}" if spec.types[c] == "UUID"
+                    else f"t.{q(c)}" for c in cols)
     if not spec.via_student:
         sql = (f"SELECT t.email, t.academic_year, {sel}, false AS _f8, false AS _cross, "
                "CAST(t.establishment_id AS TEXT) AS _est FROM students t WHERE t.academic_year IN ")
     else:
         # DOMAIN.md §2 F8: the identical copy under the student's own year makes this row a duplicate
-        same = " AND ".join(f"c.{planmod.q(c)} = t.{planmod.q(c)}" for c in _SAME[spec.name])
+        same = " AND ".join(f"c.{q(c)} = t.{q(c)}" for c in _SAME[spec.name])
         sql = (f"SELECT s.email, t.academic_year, {sel}, (t.academic_year <> s.academic_year AND EXISTS "
                f"(SELECT 1 FROM {spec.name} c WHERE c.student_id = t.student_id AND c.academic_year = "
                f"s.academic_year AND {same})) AS _f8, t.academic_year <> s.academic_year AS _cross, "
                f"CAST(s.establishment_id AS TEXT) AS _est FROM {spec.name} t JOIN students s ON s.id = t.student_id "
                "WHERE t.academic_year IN ")
-    sql += planmod.in_list(labels)
+    sql += in_list(labels)
     params = list(labels)
     if ests is not None:
-        sql += f" AND CAST({'t' if not spec.via_student else 's'}.establishment_id AS TEXT) IN " + planmod.in_list(
+        sql += f" AND CAST({'t' if not spec.via_student else 's'}.establishment_id AS TEXT) IN " + in_list(
             ests or [""])
         params += list(ests or [""])
     table = fetch_arrow(con, sql, params)
@@ -607,7 +609,7 @@ def reconcile(con: Any, desired: planmod.Desired) -> pd.DataFrame:
             continue
         table = desired.tables[spec.name]
         source = pc.value_counts(table.column("academic_year")).to_pylist() if table.num_rows else []
-        live = dict(planmod.run(con, _live_count_sql(spec, desired), _live_params(desired)))
+        live = dict(run(con, _live_count_sql(spec, desired), _live_params(desired)))
         for item in source:
             year, n = item["values"], int(item["counts"])
             cell = plan.counts().get(spec.name, {}).get(year, dict.fromkeys(planmod.OPS, 0))
@@ -619,10 +621,10 @@ def reconcile(con: Any, desired: planmod.Desired) -> pd.DataFrame:
 
 
 def _live_count_sql(spec: planmod.TableSpec, desired: planmod.Desired) -> str:
-    where = f"l.academic_year IN {planmod.in_list(desired.years)}"
+    where = f"l.academic_year IN {in_list(desired.years)}"
     if desired.establishment_ids is not None:
-        where += f" AND CAST(l.l_est AS TEXT) IN {planmod.in_list(desired.establishment_ids)}"
-    return f"SELECT l.academic_year, count(*) FROM ({planmod.live_sql(spec, list(spec.keys))}) l WHERE {where} GROUP BY 1"
+        where += f" AND CAST(l.l_est AS TEXT) IN {in_list(desired.establishment_ids)}"
+    return f"SELECT l.academic_year, count(*) FROM ({live_sql(spec, list(spec.keys))}) l WHERE {where} GROUP BY 1"
 
 
 def _live_params(desired: planmod.Desired) -> list:

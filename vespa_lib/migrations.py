@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vespa_lib import protect
-from vespa_lib.plan import q, run, scalar
 from vespa_lib.schema import (
     PRODUCTION_TABLES,
     WORKBOOK_SCHEMA,
@@ -35,6 +34,7 @@ from vespa_lib.schema import (
     dialect_of,
     table_columns,
 )
+from vespa_lib.sql import q, run, scalar
 
 __all__ = ["MIGRATIONS", "Migration", "apply_pending", "f2_offending_keys", "pending", "recorded"]
 

@@ -98,7 +98,8 @@ def _load(pg, duck_path: Path) -> None:
     """COPY every production table from the damaged DuckDB (columns both have; extras stay NULL)."""
     import duckdb  # noqa: PLC0415
 
-    from vespa_lib.plan import copy_in, q  # noqa: PLC0415
+    from vespa_lib.pgcopy import copy_in  # noqa: PLC0415
+    from vespa_lib.sql import q  # noqa: PLC0415
 
     src = duckdb.connect(str(duck_path), read_only=True)
     try:

@@ -41,6 +41,7 @@ from . import sync_checks, years
 from .errors import GuardRefused, ParameterError, VespaError
 from .guard import apply_plan, write_transaction
 from .schema import WORKBOOK_SCHEMA, dialect_of
+from .sql import in_list, run
 from .sync_source import SyncSource, open_source
 
 __all__ = ["NO_CHANGES", "RUNBOOK", "SyncPlan", "SyncResult", "apply_sync", "plan_for_rows", "plan_sync",
@@ -107,7 +108,7 @@ def run_years(year: str, con: Any, calendar: str | None = None) -> list[str]:
     own = {year, calendar or f"{year[:4]}/{year[:4]}"}
     stored = set()
     for table in TABLES:
-        stored |= {r[0] for r in planmod.run(con, f"SELECT DISTINCT academic_year FROM {table}")}
+        stored |= {r[0] for r in run(con, f"SELECT DISTINCT academic_year FROM {table}")}
     variants = set()
     for label in stored:
         try:
@@ -131,8 +132,8 @@ class _Reader:
 def _establishment_ids(con: Any, scope: list[str] | None) -> list[str] | None:
     if scope is None:
         return None
-    rows = planmod.run(con, f"SELECT knack_id, CAST(id AS TEXT) FROM establishments WHERE knack_id IN "
-                            f"{planmod.in_list(scope)}", list(scope))
+    rows = run(con, f"SELECT knack_id, CAST(id AS TEXT) FROM establishments WHERE knack_id IN "
+                            f"{in_list(scope)}", list(scope))
     found = dict(rows)
     unknown = [k for k in scope if k not in found]
     if unknown:
@@ -235,7 +236,7 @@ def record_run(con: Any, sp: SyncPlan, *, run_id: str, status: str, actor: str, 
     """Write (commit) the ledger row of a sync_check run that applied nothing. Writes vespa_ops only."""
     params = json.dumps(_clean(parameters), default=str)
     with write_transaction(con):
-        planmod.run(con, f"INSERT INTO {WORKBOOK_SCHEMA}.ledger (run_id, runbook, actor, status, target, parameters, "
+        run(con, f"INSERT INTO {WORKBOOK_SCHEMA}.ledger (run_id, runbook, actor, status, target, parameters, "
                          f"fingerprint, counts, years, error, finished_at) VALUES (?, ?, ?, ?, ?, "
                          f"CAST(? AS {_json_type(con)}), ?, CAST(? AS {_json_type(con)}), "
                          f"CAST(? AS {_json_type(con)}), ?, current_timestamp)",
@@ -254,7 +255,7 @@ def sync_history(con: Any, *, limit: int | None = None) -> pd.DataFrame:
     sql = (f"SELECT run_id, started_at, finished_at, status, fingerprint, CAST(counts AS TEXT), error, "
            "CAST(years AS TEXT) "
            f"FROM {WORKBOOK_SCHEMA}.ledger WHERE runbook = ? ORDER BY started_at DESC, run_id DESC")
-    rows = planmod.run(con, sql + (f" LIMIT {int(limit)}" if limit else ""), [RUNBOOK])
+    rows = run(con, sql + (f" LIMIT {int(limit)}" if limit else ""), [RUNBOOK])
     out = []
     for run_id, started, finished, status, fp, counts, error, labels in rows:
         doc = json.loads(counts or "{}")

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from . import duckwork, knack, years
-from .plan import in_list, run
 from .rows_sql import ELEMENTS
 from .schema import dialect_of
+from .sql import in_list, run
 from .years import uk_year_sql
 
 __all__ = ["Drift", "concat", "drift", "fetch_arrow", "kept_as_is", "label_proof", "late_cycles", "proofs", "unsyncable"]

@@ -21,7 +21,8 @@ calendar year are those of its benchmark year ``Y/Y+1``, which is recomputed (an
 
 Extension of the guard (reported): ``guard.apply_plan`` recomputes statistics only when data rows
 change and cannot insert an ``academic_years`` row for N+1, so this module composes the guard's own
-steps (``_lock``, ``_open_run``, ``_snapshot_stats``, ``_mark_archived``, ``_close_run``) instead.
+steps through its public entry points instead: ``guard.guarded_write`` (approval, one transaction,
+lock, re-plan, fingerprint), then ``open_run``, ``snapshot_stats``, ``mark_archived``, ``close_run``.
 
 **Refusal rule while the sync has unapplied changes for N** (decided here): the last sync_check
 ledger row naming N must be ``applied`` or ``no changes`` with every table of every label now equal to
@@ -43,8 +44,10 @@ import pandas as pd
 from . import guard, stats, years
 from .errors import GuardRefused, ParameterError, ValidationFailed
 from .migrations import pending
-from .plan import checksum_expr, in_list, rolled_back, row_text_expr, run, scalar, sha, state_digest
+from .planspec import sha
+from .planstate import state_digest
 from .schema import dialect_of, table_columns
+from .sql import checksum_expr, in_list, rolled_back, row_text_expr, run, scalar
 from .transition_checks import (  # noqa: F401 - re-exported API
     CheckResult,
     archived_counts_match_ledger,
@@ -282,19 +285,19 @@ def plan_rollover(con: Any, as_of: date, close_year: str = "", *, require_clean_
 def _open_next(con: Any, run_id: str, opening: str, labels: list[str]) -> None:
     """N+1 present, dated and current; every other row not current (pre-images backed up)."""
     others = f"t.is_current AND t.academic_year NOT IN {in_list([*labels, opening])}"
-    guard._backup_rows(con, run_id, "academic_years", others, [*labels, opening], "update")
+    guard.backup_rows(con, run_id, "academic_years", others, [*labels, opening], "update")
     run(con, f"UPDATE academic_years SET is_current = false WHERE is_current AND academic_year NOT IN "
              f"{in_list([*labels, opening])}", [*labels, opening])
     start, end = years.year_bounds(opening)
     if scalar(con, "SELECT count(*) FROM academic_years WHERE academic_year = ?", [opening]):
         changed = "t.academic_year = ? AND (NOT coalesce(t.is_current, false) OR t.start_date IS NULL)"
-        if guard._backup_rows(con, run_id, "academic_years", changed, [opening], "update"):
+        if guard.backup_rows(con, run_id, "academic_years", changed, [opening], "update"):
             run(con, "UPDATE academic_years SET is_current = true, start_date = coalesce(start_date, ?), "
                      "end_date = coalesce(end_date, ?) WHERE academic_year = ?", [start, end, opening])
         return
     run(con, "INSERT INTO academic_years (academic_year, start_date, end_date, is_current, is_archived) "
              "VALUES (?, ?, ?, true, false)", [opening, start, end])
-    guard._backup_rows(con, run_id, "academic_years", "t.academic_year = ?", [opening], "insert")
+    guard.backup_rows(con, run_id, "academic_years", "t.academic_year = ?", [opening], "insert")
 
 
 def _write(con: Any, plan: Rollover, run_id: str, info: dict) -> dict:
@@ -303,12 +306,12 @@ def _write(con: Any, plan: Rollover, run_id: str, info: dict) -> dict:
                                                "AND is_archived")]
     opened = [plan.open] if plan.open else []
     stats_years = sorted({*plan.labels, *_statistics_years(plan.close)})  # pre-images of every slice recomputed
-    guard._open_run(con, run_id, info, [*plan.labels, *opened], sorted({*plan.labels, *current_archived}))
-    guard._snapshot_stats(con, run_id, stats_years)
+    guard.open_run(con, run_id, info, [*plan.labels, *opened], sorted({*plan.labels, *current_archived}))
+    guard.snapshot_stats(con, run_id, stats_years)
     changes = ({} if plan.close in guard.archived_years(con)
                else stats.recompute_statistics(con, _statistics_years(plan.close))["changes"])
     guard.crash_point("merge")
-    marked = guard._mark_archived(con, run_id, plan.labels, {})
+    marked = guard.mark_archived(con, run_id, plan.labels, {})
     if plan.open:
         _open_next(con, run_id, plan.open, plan.labels)
     wrong = {t: (n, marked.get(t)) for t, n in plan.counts["mark"].items() if marked.get(t) != n}
@@ -328,12 +331,11 @@ def apply_rollover(con: Any, as_of: date, close_year: str = "", *, approve: str,
     """Apply the rollover under the guard's protocol (module docstring). Writes, in one transaction, or
     nothing; returns the ledger counts. Refuses when not ready, when the plan is empty, or when the
     re-planned fingerprint differs from ``approve``."""
-    guard._check_approval(approve, dialect_of(con), target_kind)
-    close = close_year_for(as_of, close_year)
-    with guard.write_transaction(con):
-        guard._lock(con)
-        plan = _core(con, close, as_of, require_clean_sync)
-        guard._check_fingerprint(plan, approve)
+    def replan() -> Rollover:
+        return _core(con, close_year_for(as_of, close_year), as_of, require_clean_sync)
+
+    with guard.guarded_write(con, approve=approve, target_kind=target_kind, replan=replan) as plan:
+        close = plan.close
         if not plan.ready:
             failed = plan.readiness[~plan.readiness["passed"]]
             raise GuardRefused(f"Refusing to close {close}: " + "; ".join(f"{r.check}: {r.detail}"
@@ -344,7 +346,7 @@ def apply_rollover(con: Any, as_of: date, close_year: str = "", *, approve: str,
         info = {"runbook": RUNBOOK, "actor": actor, "parameters": parameters, "target_kind": target_kind
                 or dialect_of(con), "fingerprint": plan.fingerprint}
         counts = _write(con, plan, run_id, info)
-        guard._close_run(con, run_id, counts)
+        guard.close_run(con, run_id, counts)
         guard.crash_point("before_commit")
     return counts
 

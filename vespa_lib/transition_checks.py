@@ -24,8 +24,8 @@ from typing import Any
 import pandas as pd
 
 from . import protect, years
-from .plan import run, scalar
 from .schema import PRODUCTION_TABLES, dialect_of, table_columns
+from .sql import run, scalar
 from .transition_ledger import ledger_runs, live_counts, year_counts
 
 __all__ = ["OK_SYNC", "CheckResult", "archived_counts_match_ledger", "archived_rows_marked_and_protected",

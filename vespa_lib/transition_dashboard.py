@@ -22,8 +22,8 @@ from typing import Any
 import pandas as pd
 
 from . import stats, years
-from .plan import run
 from .scores import OUTCOME_QUESTIONS
+from .sql import run
 from .transition_checks import CheckResult
 
 __all__ = ["dashboard_year_switching", "national_benchmarks_complete", "year_list"]

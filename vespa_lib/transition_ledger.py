@@ -22,8 +22,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import years
-from .plan import run
 from .schema import WORKBOOK_SCHEMA, table_columns
+from .sql import run
 
 __all__ = ["DATA_TABLES", "LedgerRun", "ledger_runs", "live_counts", "year_counts"]
 

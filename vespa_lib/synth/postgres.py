@@ -15,7 +15,8 @@ def load_into_postgres(duck_path: Path | str, dsn: str) -> None:
     import psycopg  # noqa: PLC0415
 
     from vespa_lib import schema  # noqa: PLC0415
-    from vespa_lib.plan import copy_in, q  # noqa: PLC0415
+    from vespa_lib.pgcopy import copy_in  # noqa: PLC0415
+    from vespa_lib.sql import q  # noqa: PLC0415
 
     src = duckdb.connect(str(duck_path), read_only=True)
     try:
