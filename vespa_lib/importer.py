@@ -301,13 +301,16 @@ def _missing_from(rows: pa.Table, keys_of: pa.Table, keys: tuple[str, ...]) -> p
     connection (``vespa_lib.duckwork``). Not Arrow's hash join: it refuses a dictionary-encoded key whose
     chunks carry different dictionaries ("Unifying differing dictionaries"), which is what the answers
     are at realistic scale (read in batches, cast chunk by chunk), and it is 4x slower on a million
-    answers. Read-only."""
+    answers. The rows keep their order in ``rows``: a parallel join's output order varies from run to
+    run, and ``_dedupe`` keeps the first row of a key, so another order would be another plan (and a
+    fingerprint the apply could never match). Read-only."""
     con = duckwork.connect()
     try:
-        con.register("vespa_rows", rows)
+        con.register("vespa_rows", rows.append_column("_vespa_row", pa.array(range(rows.num_rows), pa.int64())))
         con.register("vespa_keys", keys_of.select(list(keys)))
-        using = ", ".join(planmod.q(k) for k in keys)
-        return con.sql(f"SELECT * FROM vespa_rows ANTI JOIN vespa_keys USING ({using})").to_arrow_table()
+        using = ", ".join(q(k) for k in keys)
+        return con.sql(f"SELECT * EXCLUDE (_vespa_row) FROM vespa_rows ANTI JOIN vespa_keys USING ({using}) "
+                       "ORDER BY _vespa_row").to_arrow_table()
     finally:
         con.close()
 
