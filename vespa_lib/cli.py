@@ -102,13 +102,19 @@ def load_parameters(file: Path | None, overrides: list[str]) -> dict[str, Any]:
     return values
 
 
+def _empty_text(values: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
+    """An empty value (``-p approve=``, YAML ``approve:``) of a text parameter that cannot be None is the
+    empty text, e.g. "no approval"; elsewhere it stays None (and is refused where None is not allowed)."""
+    return {k: ("" if v is None and types.get(k) == "str" else v) for k, v in values.items()}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, execute through papermill, finalise the evidence (always), print the folder last."""
     notebooks, root, outputs = _paths(args)
     name = Path(args.runbook).stem
     path = notebook_for(notebooks, name)
     declared = runbook.parse_parameters(path)
-    values = load_parameters(args.file, args.param)
+    values = _empty_text(load_parameters(args.file, args.param), {p.name: p.type for p in declared})
     secrets = privacy.collect_secrets(dotenv_path=root / ".env")
     runbook.validate({p.name: p.type for p in declared}, values, secrets)
     parameters = {p.name: p.default for p in declared} | values
