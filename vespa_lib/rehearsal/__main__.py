@@ -10,7 +10,6 @@ writes the report under ``outputs/rehearsals/``. The last line printed is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from datetime import datetime
@@ -25,23 +24,11 @@ from .world import KnackWorld
 __all__ = ["main", "rehearse"]
 
 
-def _server(dsn: str | None):
-    if dsn:
-        return contextlib.nullcontext(dsn)
-    from vespa_lib.localpg import LocalPostgres  # noqa: PLC0415
-
-    @contextlib.contextmanager
-    def local():
-        with LocalPostgres() as pg:
-            yield pg.dsn()
-
-    return local()
-
-
 def _line(rec) -> str:
     runs = ", ".join(f"{r.label()}={r.manifest.get('sync_status') or r.status}" for r in rec.runs) or "no run"
     bad = sum(len(v) for v in rec.violations.values())
-    return f"  {rec.night}  {runs}  | invariant violations {bad}"
+    refused = [r.output.strip().splitlines()[-1] for r in rec.runs if r.folder is None and r.output.strip()]
+    return f"  {rec.night}  {runs}  | invariant violations {bad}" + "".join(f"\n    {x}" for x in refused)
 
 
 def rehearse(data: Path, outputs: Path, kind: str = "compressed", server_dsn: str | None = None,
@@ -49,7 +36,7 @@ def rehearse(data: Path, outputs: Path, kind: str = "compressed", server_dsn: st
     """Run the rehearsal; (the finished Rehearsal, its report path)."""
     world_dir = setup.generate_world(Path(data) / "world", students=students)
     nights = calendar.nights(kind)
-    with _server(server_dsn) as server:
+    with setup.server_context(server_dsn) as server:
         owner, admin = setup.build_database(server, world_dir, f"{setup.DBNAME}_{datetime.now():%H%M%S}")
         world = KnackWorld.load(world_dir, setup.schools(admin))
         rehearsal = Rehearsal(world, Ops(outputs, owner), admin, Path(data), nights)

@@ -82,9 +82,9 @@ class Rehearsal:
             if not fingerprint:
                 return result
             result = self._run(rec, runbook, **params, approve=fingerprint)
-            if result.status == "passed" or result.fingerprint in ("", fingerprint):
+            if result.manifest.get("apply_status") != "migrated":
                 return result
-            fingerprint = result.fingerprint
+            fingerprint = result.fingerprint  # migrations applied: the data plan shows its own fingerprint
         return result
 
     def _import(self, rec: NightRecord) -> None:
@@ -99,7 +99,7 @@ class Rehearsal:
         rec.notes.append(f"closed years from tonight: {sorted(self.closed)}")
 
     def _sync_params(self, night: date) -> dict:
-        return {"source": f"csv:{self.export}", "as_of": night.isoformat(), "backup_dir": str(self.data / "backups")}
+        return {"source": f"csv:{self.export}", "as_of": night.isoformat()}
 
     def _sync(self, rec: NightRecord, night: date) -> None:
         drop = self._partial_export(night) if night == calendar.REFUSE else set()

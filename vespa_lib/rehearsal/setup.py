@@ -11,14 +11,15 @@ owner's DSN (what the runbooks log in with) and the superuser's DSN of the datab
 
 from __future__ import annotations
 
+import contextlib
 from datetime import date
 from pathlib import Path
 
-__all__ = ["CURRENT_LABELS", "DBNAME", "build_database", "generate_world", "schools"]
+__all__ = ["CURRENT_LABELS", "DBNAME", "add_establishment", "build_database", "generate_world", "schools",
+           "server_context"]
 
 DBNAME = "vespa_rehearsal"
 CURRENT_LABELS = ("2025/2026", "2025-26", "2025/2025")
-PRUNE_ORDER = ("question_responses", "vespa_scores", "school_statistics", "national_statistics", "students")
 
 
 def generate_world(folder: Path, students: int = 300, seed: int = 2025) -> Path:
@@ -32,8 +33,8 @@ def generate_world(folder: Path, students: int = 300, seed: int = 2025) -> Path:
     return folder
 
 
-def build_database(server_dsn: str, world: Path, dbname: str = DBNAME) -> tuple[str, str]:
-    """(owner DSN, superuser DSN) of the production-shaped database on the import night."""
+def build_database(server_dsn: str, world: Path, dbname: str = DBNAME, prune: bool = True) -> tuple[str, str]:
+    """(owner DSN, superuser DSN) of the production-shaped database; ``prune``: as on the import night."""
     import psycopg  # noqa: PLC0415
 
     from vespa_lib import prodshape  # noqa: PLC0415
@@ -41,11 +42,17 @@ def build_database(server_dsn: str, world: Path, dbname: str = DBNAME) -> tuple[
 
     owner = prodshape.build(server_dsn, dbname, Path(world) / "production.duckdb", legacy_email_key=True)
     admin = dsn_with_dbname(server_dsn, dbname)
+    if not prune:
+        return owner, admin
+    labels = list(CURRENT_LABELS)
+    mine = "academic_year = ANY(%s) OR student_id IN (SELECT id FROM students WHERE academic_year = ANY(%s))"
     with psycopg.connect(admin, autocommit=False) as con:
-        for table in PRUNE_ORDER:
-            con.execute(f"DELETE FROM {table} WHERE academic_year = ANY(%s)", [list(CURRENT_LABELS)])
-        con.execute("DELETE FROM students s WHERE NOT EXISTS (SELECT 1 FROM vespa_scores v WHERE v.student_id = s.id) "
-                    "AND academic_year = ANY(%s)", [list(CURRENT_LABELS)])
+        for table in ("question_responses", "vespa_scores"):
+            con.execute(f"DELETE FROM {table} WHERE {mine}", [labels, labels])
+        for table in ("school_statistics", "national_statistics"):
+            con.execute(f"DELETE FROM {table} WHERE academic_year = ANY(%s)", [labels])
+        con.execute("DELETE FROM students WHERE academic_year = ANY(%s) AND id NOT IN "
+                    "(SELECT student_id FROM vespa_scores UNION SELECT student_id FROM question_responses)", [labels])
     return owner, admin
 
 
@@ -65,3 +72,15 @@ def add_establishment(dsn: str, name: str, knack_id: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as con:
         con.execute("INSERT INTO establishments (knack_id, name, is_australian, use_standard_year, status) "
                     "VALUES (%s, %s, false, true, 'active') ON CONFLICT (knack_id) DO NOTHING", [knack_id, name])
+
+
+@contextlib.contextmanager
+def server_context(dsn: str | None):
+    """The given server DSN, or a throw-away local PostgreSQL for the duration (its DSN)."""
+    if dsn:
+        yield dsn
+        return
+    from vespa_lib.localpg import LocalPostgres  # noqa: PLC0415
+
+    with LocalPostgres() as pg:
+        yield pg.dsn()
