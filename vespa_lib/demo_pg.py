@@ -49,7 +49,7 @@ def _reviewed(ops: Ops, runbook: str, params: dict) -> list[RunResult]:
     for _ in range(3):
         if not fingerprint:
             break
-        runs.append(ops.run(runbook, **apply, approve=fingerprint))
+        runs.append(ops.run(runbook, **(apply | {"approve": fingerprint})))
         if runs[-1].manifest.get("apply_status") != "migrated":
             break
         fingerprint = runs[-1].fingerprint  # migrations applied: the data plan shows its own fingerprint

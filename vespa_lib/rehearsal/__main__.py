@@ -10,6 +10,7 @@ writes the report under ``outputs/rehearsals/``. The last line printed is
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from datetime import datetime
@@ -23,6 +24,8 @@ from .world import KnackWorld
 
 __all__ = ["main", "rehearse"]
 
+PRINT = functools.partial(print, flush=True)
+
 
 def _line(rec) -> str:
     runs = ", ".join(f"{r.label()}={r.manifest.get('sync_status') or r.status}" for r in rec.runs) or "no run"
@@ -32,7 +35,7 @@ def _line(rec) -> str:
 
 
 def rehearse(data: Path, outputs: Path, kind: str = "compressed", server_dsn: str | None = None,
-             students: int = 300, print_=print) -> tuple[Rehearsal, Path]:
+             students: int = 300, print_=PRINT) -> tuple[Rehearsal, Path]:
     """Run the rehearsal; (the finished Rehearsal, its report path)."""
     world_dir = setup.generate_world(Path(data) / "world", students=students)
     nights = calendar.nights(kind)
