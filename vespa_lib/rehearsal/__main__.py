@@ -39,20 +39,25 @@ def rehearse(data: Path, outputs: Path, kind: str = "compressed", server_dsn: st
     """Run the rehearsal; (the finished Rehearsal, its report path)."""
     world_dir = setup.generate_world(Path(data) / "world", students=students)
     nights = calendar.nights(kind)
+    folder = Path(outputs) / "rehearsals" / datetime.now().strftime("%Y-%m-%d_%H%M%S")
     with setup.server_context(server_dsn) as server:
         owner, admin = setup.build_database(server, world_dir, f"{setup.DBNAME}_{datetime.now():%H%M%S}")
         world = KnackWorld.load(world_dir, setup.schools(admin))
         rehearsal = Rehearsal(world, Ops(outputs, owner), admin, Path(data), nights)
-        for night in nights:
+        for i, night in enumerate(nights):
             print_(_line(rehearsal.run_night(night)))
+            if i % 10 == 9:  # a long rehearsal's report so far, readable while it runs
+                _report(rehearsal, folder)
         rehearsal.ops.index()
-    totals = {}
+    return rehearsal, _report(rehearsal, folder)
+
+
+def _report(rehearsal: Rehearsal, folder: Path) -> Path:
+    totals: dict[str, int] = {}
     for rec in rehearsal.records:
         for name, found in rec.violations.items():
             totals[name] = totals.get(name, 0) + (1 if found else 0)
-    folder = Path(outputs) / "rehearsals" / datetime.now().strftime("%Y-%m-%d_%H%M%S")
-    report = write_report(rehearsal.records, folder, summary_line(rehearsal), totals)
-    return rehearsal, report
+    return write_report(rehearsal.records, folder, summary_line(rehearsal), totals)
 
 
 def violations(rehearsal: Rehearsal) -> int:
