@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .demo import run_parameters, step_generate
-from .rehearsal.ops import REPO, Ops, RunResult
+from .rehearsal.ops import REPO, STEP_STATUSES, Ops, RunResult
 from .rehearsal.setup import server_context
 
 __all__ = ["STEPS", "main", "run_demo"]
@@ -50,9 +50,9 @@ def _reviewed(ops: Ops, runbook: str, params: dict) -> list[RunResult]:
         if not fingerprint:
             break
         runs.append(ops.run(runbook, **(apply | {"approve": fingerprint})))
-        if runs[-1].manifest.get("apply_status") != "migrated":
+        if runs[-1].manifest.get("apply_status") not in STEP_STATUSES:
             break
-        fingerprint = runs[-1].fingerprint  # migrations applied: the data plan shows its own fingerprint
+        fingerprint = runs[-1].fingerprint  # a step applied: the next plan shows its own fingerprint
     return runs
 
 

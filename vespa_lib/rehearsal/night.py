@@ -15,7 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from . import calendar, changes, invariants, setup
-from .ops import Ops, RunResult
+from .ops import STEP_STATUSES, Ops, RunResult
 from .world import KnackWorld
 
 __all__ = ["NightRecord", "Rehearsal"]
@@ -83,9 +83,9 @@ class Rehearsal:
             if not fingerprint:
                 return result
             result = self._run(rec, runbook, **params, approve=fingerprint)
-            if result.manifest.get("apply_status") != "migrated":
+            if result.manifest.get("apply_status") not in STEP_STATUSES:
                 return result
-            fingerprint = result.fingerprint  # migrations applied: the data plan shows its own fingerprint
+            fingerprint = result.fingerprint  # a step applied: the next plan shows its own fingerprint
         return result
 
     def _import(self, rec: NightRecord) -> None:

@@ -17,10 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["REPO", "TARGET_VAR", "Ops", "RunResult"]
+__all__ = ["REPO", "STEP_STATUSES", "TARGET_VAR", "Ops", "RunResult"]
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET_VAR = "VESPA_REHEARSAL_DB_URL"  # the env var the postgres: target names
+# An approved import may do one step and show the next plan (migrations, then the F8 repair): approve again.
+STEP_STATUSES = ("migrated", "repaired")
 
 
 @dataclass
