@@ -31,7 +31,8 @@ def _line(rec) -> str:
     runs = ", ".join(f"{r.label()}={r.manifest.get('sync_status') or r.status}" for r in rec.runs) or "no run"
     bad = sum(len(v) for v in rec.violations.values())
     refused = [r.output.strip().splitlines()[-1] for r in rec.runs if r.folder is None and r.output.strip()]
-    return f"  {rec.night}  {runs}  | invariant violations {bad}" + "".join(f"\n    {x}" for x in refused)
+    found = [f"{k}: {v}" for k, vs in rec.violations.items() for v in vs]
+    return f"  {rec.night}  {runs}  | invariant violations {bad}" + "".join(f"\n    {x}" for x in refused + found)
 
 
 def rehearse(data: Path, outputs: Path, kind: str = "compressed", server_dsn: str | None = None,

@@ -122,6 +122,8 @@ def _new_record(world: KnackWorld, day: date, rng: random.Random, school: str, l
                                    "field_90_full": cells["field_187_full"]}
     world.o6.append(account)
     six = _scores(rng)
+    for h, v in zip(O10["current_six"], six, strict=True):  # the current-cycle fields agree with cycle 1
+        cells[h] = str(v)
     rec = Rec(rid, cells, email, world.schools[school]["calendar"], [Event(day, 1, six)], syncs=syncs, kind=kind)
     if f10:
         for k in (1, 2, 3):
