@@ -30,9 +30,11 @@ demo-pg: $(STAMP)  ## the demo on a throw-away production-shaped PostgreSQL, eve
 rehearse-year: $(STAMP)  ## a school year night by night on PostgreSQL; REHEARSE_ARGS="--full" for every night
 	$(PY) -m vespa_lib.rehearsal --data data/rehearsal $(REHEARSE_ARGS)
 
-test: $(STAMP)  ## run every test (PostgreSQL tests start their own throw-away server)
+test: $(STAMP)  ## run every test (PostgreSQL tests start their own throw-away server), then each runbook as JupyterLab runs it
 	$(PY) -m ruff check vespa_lib tests scripts
 	$(PY) -m pytest
+	test -f data/demo/production.duckdb || $(MAKE) demo DEMO=data/demo
+	$(PY) -m pytest --nbval-lax notebooks/  # kernel started in notebooks/, default parameters, on the demo data
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check vespa_lib tests scripts
