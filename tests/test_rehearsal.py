@@ -79,3 +79,61 @@ def test_short_rehearsal_runs_every_key_night_with_no_invariant_violation(pg_ser
     found = {rec.night: rec.violations for rec in rehearsal.records if rec.violations}
     assert violations(rehearsal) == 0, found
     assert summary_line(rehearsal).endswith(" 0 invariant violations")
+
+
+def _edit_one_uk_score(export, day_range=("2025-09-01", "2025-11-30")):
+    """Knack edits one UK student's cycle 1 vision (a record dated in the autumn, one cycle taken)."""
+    import csv
+
+    from vespa_lib.rehearsal.world import O10, parse_day
+
+    (path,) = export.glob("FullObject_10_*.csv")
+    with path.open(encoding="utf-8-sig", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = reader.fieldnames, list(reader)
+    for row in rows:
+        day = parse_day(row[O10["date"]])
+        if (day and day_range[0] <= day.isoformat() <= day_range[1] and row[O10["email"]].endswith(".sch.uk")
+                and row[O10["current"]].strip() == "1" and row[O10["cycles"][1][0]].strip().isdigit()):
+            new = str(int(row[O10["cycles"][1][0]]) % 10 + 1)
+            row[O10["cycles"][1][0]] = row[O10["current_six"][0]] = new
+            break
+    else:
+        raise AssertionError("no UK record of the autumn with one cycle in the export")
+    with path.open("w", encoding="utf-8-sig", newline="") as fh:
+        writer = csv.DictWriter(fh, header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.postgres
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_january_close_is_ready_although_the_next_nights_sync_changed_the_running_uk_year(prod_pg_legacy, tmp_path):
+    """Found by the rehearsal: on 1 January the night's sync legitimately changes 2025/2026; the close
+    of calendar year 2025/2025 must still find its last sync clean (only the closing year compared)."""
+    import shutil
+
+    from vespa_lib.rehearsal.ops import STEP_STATUSES, Ops
+
+    db, ops = prod_pg_legacy, Ops(tmp_path / "outputs", prod_pg_legacy.owner_dsn)
+    common = {"snapshot_dir": str(db.world / "snapshot"), "backup_dir": str(tmp_path / "backups"), "sample_students": 0}
+    result = ops.run("import", **common)
+    for _ in range(4):
+        result = ops.run("import", **common, mode="apply", approve=result.fingerprint)
+        if result.manifest.get("apply_status") not in STEP_STATUSES:
+            break
+    assert result.manifest.get("apply_status") == "applied", result.output
+    export = tmp_path / "export"
+    shutil.copytree(db.world / "fresh_export", export)
+    for night in ("2025-12-31", "2026-01-01"):
+        if night == "2026-01-01":
+            _edit_one_uk_score(export)
+        sync = {"source": f"csv:{export}", "as_of": night, "mode": "apply"}
+        plan = ops.run("sync_check", **sync, approve="")
+        applied = ops.run("sync_check", **sync, approve=plan.fingerprint)
+        assert applied.manifest.get("sync_status") in ("applied", "no changes"), applied.output
+    assert applied.manifest.get("sync_status") == "applied"  # the running UK year changed on 1 January
+    rollover = ops.run("year_transition", mode="rollover", as_of="2026-01-01")
+    ready = next(c for c in rollover.manifest["checks"] if c["name"] == "rollover_ready")
+    assert ready["passed"], ready["detail"]
