@@ -117,7 +117,7 @@ def test_january_close_is_ready_although_the_next_nights_sync_changed_the_runnin
     from vespa_lib.rehearsal.ops import STEP_STATUSES, Ops
 
     db, ops = prod_pg_legacy, Ops(tmp_path / "outputs", prod_pg_legacy.owner_dsn)
-    common = {"snapshot_dir": str(db.world / "snapshot"), "backup_dir": str(tmp_path / "backups"), "sample_students": 0}
+    common = {"snapshot_dir": str(db.world / "snapshot"), "backup_dir": str(tmp_path / "backups")}
     result = ops.run("import", **common)
     for _ in range(4):
         result = ops.run("import", **common, mode="apply", approve=result.fingerprint)
@@ -137,3 +137,16 @@ def test_january_close_is_ready_although_the_next_nights_sync_changed_the_runnin
     rollover = ops.run("year_transition", mode="rollover", as_of="2026-01-01")
     ready = next(c for c in rollover.manifest["checks"] if c["name"] == "rollover_ready")
     assert ready["passed"], ready["detail"]
+
+
+def test_cohort_check_passes_when_no_student_is_in_two_years(duckdb_path):
+    """Found by the rehearsal: the nights after the import (the current year still empty) the
+    validation failed with KeyError 'later_year_dated' instead of passing cohort_in_one_year."""
+    import duckdb
+
+    from vespa_lib import schema, transition
+
+    con = duckdb.connect(str(duckdb_path))
+    schema.create_schema(con)
+    result = transition.cohort_in_one_year(con)
+    assert result.passed and result.figures["students_in_two_years"] == 0
