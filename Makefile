@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 KERNEL := vespa
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-pg rehearse-year test lint lab bench bench-sync clean
+.PHONY: help install demo demo-pg rehearse-year test lint lab bench bench-sync chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,10 @@ bench: $(STAMP)  ## benchmark at realistic scale (SPEC §9); BENCH_ARGS="--scale
 
 bench-sync: $(STAMP)  ## benchmark the nightly sync_check at realistic scale (issue 5: plan + apply <= 30 s)
 	$(PY) scripts/bench_sync.py
+
+chaos: $(STAMP)  ## SIGKILL (process + kernel) and crash-restart PostgreSQL during realistic imports; heavy, not in CI
+	test -f data/chaos/realistic/truth.csv || $(PY) -m vespa_lib.synth --out data/chaos/realistic --scale realistic
+	$(PY) scripts/chaos.py --data data/chaos/realistic --out data/chaos/run $(CHAOS_ARGS)
 
 clean:  ## remove generated data and the virtual environment (outputs/ is kept: it is evidence)
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

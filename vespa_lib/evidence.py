@@ -7,6 +7,7 @@ Writes only under ``outputs/``. Layout::
         <runbook>.ipynb      executed notebook, secrets scrubbed
         report.html          the notebook without code cells, self-contained (reads offline)
         manifest.json        runbook, status, parameters, inputs + SHA-256, target, checks, error, …
+                             (written as ``running`` when the run starts, completed when it ends)
         checks.json          the checks as the notebook recorded them
         *.csv, *.json, …     files the notebook saved through ``Run.save_*``
 
@@ -21,6 +22,7 @@ import html
 import json
 import os
 import secrets as _secrets
+import socket
 import subprocess
 from datetime import date, datetime
 from pathlib import Path
@@ -107,6 +109,42 @@ def build_manifest(run_dir: Path, *, runbook: str, run_id: str, parameters: dict
     }
     manifest.update({k: v for k, v in records.items() if k not in CORE_KEYS})
     return manifest
+
+
+def start_manifest(run_dir: Path, *, runbook: str, run_id: str, parameters: dict, started_at: datetime,
+                   scrubber: privacy.Scrubber, unattended: bool = True, repo: Path | None = None) -> dict[str, Any]:
+    """Write the manifest of a run that is starting (status ``running``, the process id that runs it) and
+    update the index; ``finalise`` replaces it when the run ends. A run killed before that keeps this
+    one, and the index shows it as interrupted once its process is gone (``run_state``)."""
+    manifest = {
+        "runbook": runbook, "run_id": run_id, "status": "running",
+        "started_at": started_at.isoformat(timespec="seconds"), "finished_at": None, "duration_s": None,
+        "parameters": jsonable(parameters), "inputs": [], "target": None,
+        "library_version": vespa_lib.__version__, "git_commit": git_commit(repo or Path.cwd()),
+        "checks": [], "error": None, "unattended": unattended, "notebook": None, "report": None,
+        "pid": os.getpid(), "host": socket.gethostname(),
+    }
+    write_manifest(run_dir, manifest, scrubber)
+    write_index(run_dir.parent.parent)
+    return manifest
+
+
+def run_state(manifest: dict[str, Any]) -> str:
+    """``passed``, ``failed``, ``running`` or ``interrupted`` (a ``running`` manifest whose process on
+    this host is gone: killed, or the machine restarted). Read-only."""
+    status = manifest.get("status")
+    if status != "running":
+        return "passed" if status == "passed" else "failed"
+    pid = manifest.get("pid")
+    if not isinstance(pid, int) or manifest.get("host") != socket.gethostname():
+        return "running"  # another machine's run: its process cannot be looked at from here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        return "running"
+    return "running"
 
 
 def write_manifest(run_dir: Path, manifest: dict[str, Any], scrubber: privacy.Scrubber,
@@ -214,6 +252,8 @@ th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ddd; 
 th { background: #f3f3f3; }
 .passed { color: #fff; background: #2e7d32; padding: .1rem .5rem; border-radius: .3rem; }
 .failed { color: #fff; background: #c62828; padding: .1rem .5rem; border-radius: .3rem; }
+.running { color: #fff; background: #1565c0; padding: .1rem .5rem; border-radius: .3rem; }
+.interrupted { color: #fff; background: #6d4c41; padding: .1rem .5rem; border-radius: .3rem; }
 """
 
 
@@ -254,7 +294,7 @@ def write_index(outputs: Path) -> Path:
 
 def _index_row(outputs: Path, folder: Path, m: dict[str, Any]) -> str:
     esc = html.escape
-    status = "passed" if m.get("status") == "passed" else "failed"
+    status = run_state(m)
     rel = folder.relative_to(outputs).as_posix()
     links = [(label, m.get(key)) for label, key in (("report", "report"), ("notebook", "notebook"))]
     links.append(("manifest", MANIFEST_FILE))

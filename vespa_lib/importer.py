@@ -302,6 +302,19 @@ def _dedupe(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     return pa.Table.from_pandas(frame, preserve_index=False, schema=table.schema)
 
 
+def _not_in(table: pa.Table, other: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Rows of ``table`` whose key is not in ``other``. Joined on plain key columns: Arrow cannot join
+    dictionary-encoded keys with differing dictionaries (answers are held dictionary-encoded)."""
+    def plain(t: pa.Table) -> pa.Table:
+        return pa.table({k: pc.cast(t.column(k), t.schema.field(k).type.value_type)
+                         if pa.types.is_dictionary(t.schema.field(k).type) else t.column(k) for k in keys})
+
+    left = plain(table).append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    missing = left.join(plain(other), list(keys), join_type="left anti")
+    rows = missing.column("_row")
+    return table.take(pc.take(rows, pc.sort_indices(rows)))  # in the table's own order
+
+
 def find_repairs(con: Any, rows: rowsmod.ImportRows, labels: list[str],
                  establishment_ids: list[str] | None = None) -> Repairs:
     """The F8 duplicates to delete and the live rows to keep in ``labels`` (module docstring). Read-only."""
@@ -320,9 +333,7 @@ def find_repairs(con: Any, rows: rowsmod.ImportRows, labels: list[str],
         if spec.via_student:
             f8[spec.name] = _typed(live.filter(dup), like, spec.keys, ())
         own = rest.filter(pc.is_in(rest.column("academic_year"), value_set=pa.array(labels, pa.string())))
-        snapshot_keys = like.select(list(spec.keys))
-        kept[spec.name] = _dedupe(own.join(snapshot_keys, list(spec.keys), join_type="left anti"), spec.keys) \
-            if own.num_rows else own
+        kept[spec.name] = _dedupe(_not_in(own, like, spec.keys), spec.keys) if own.num_rows else own
     wanted = [t for t in CHILD_TABLES if f8[t].num_rows]
     return Repairs(list(labels), f8, unresolved, kept,
                    {t: survivors[t] for t in ("students", *wanted)} if wanted else {}, establishment_ids)

@@ -191,7 +191,12 @@ def start(runbook: str, namespace: dict[str, Any]) -> Run:
         path.mkdir(parents=True, exist_ok=True)
     else:
         run_id, path = evidence.new_run_dir(find_outputs(), runbook)
-    return Run(runbook, run_id, path, {k: values[k] for k in declared}, unattended)
+    run = Run(runbook, run_id, path, {k: values[k] for k in declared}, unattended)
+    if not (run_dir and run_id):  # an interactive run: vespa-ops writes the unattended run's own
+        evidence.start_manifest(run.dir, runbook=runbook, run_id=run.run_id, parameters=run.params,
+                                started_at=run.started_at, scrubber=privacy.Scrubber(privacy.collect_secrets()),
+                                unattended=unattended)
+    return run
 
 
 ROOT_ENV = "VESPA_ROOT"

@@ -291,10 +291,8 @@ def cohort_in_one_year(con: Any) -> CheckResult:
             for e, a, b, c1, dated, same in run(con, _COHORTS)]
     frame = pd.DataFrame(rows, columns=["email", "earlier_year", "later_year", "later_has_cycle_1", "same_cycle_1",
                                         "later_year_dated", "passed"])
-    flags = ["later_has_cycle_1", "same_cycle_1", "later_year_dated", "passed"]
-    frame = frame.astype(dict.fromkeys(flags, bool))  # boolean masks even with no row (else KeyError)
-    unexplained = frame[~frame["passed"]]
-    split = unexplained[unexplained["later_year_dated"]]  # the late-cycle signature: moved by a completion date
+    unexplained = frame[~frame["passed"].astype(bool)]
+    split = unexplained[unexplained["later_year_dated"].astype(bool)]  # the late-cycle signature: a dated move
     undated = len(unexplained) - len(split)  # F1 residue: copies without any date, which no date rule made
     detail = (f"{len(frame)} student(s) in two years, each explained by a reset record (a cycle 1 of its own)"
               if split.empty else f"{len(split)} student(s) have one cohort's cycles in two years (a dated later "
