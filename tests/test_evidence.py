@@ -149,8 +149,9 @@ def test_index_lists_runs_newest_first_escaped_with_links(tmp_path):
     (outputs / "2025-08-01" / "junk").mkdir()
     (outputs / "2025-08-01" / "junk" / "manifest.json").write_text("{not json")
     page = evidence.write_index(outputs).read_text()
-    assert page.index("sync_check") < page.index("audit")
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    rows = page[page.index("<tbody>"):]
+    assert rows.index('data-runbook="sync_check"') < rows.index('data-runbook="audit"')
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert '<span class="failed">failed</span>' in page and '<span class="passed">passed</span>' in page
     for run_dir in (old, new):
         rel = run_dir.relative_to(outputs).as_posix()

@@ -216,6 +216,8 @@ def _print_summary(manifest: dict[str, Any]) -> None:
                   f"(vespa-ops undo {written['run_id']})")
     elif manifest.get("write_committed"):
         print(f"{manifest['runbook']}: PASSED ({passed}/{len(checks)} checks passed; write committed)")
+    elif manifest["status"] != "passed" and not checks and manifest.get("failed_step"):
+        print(f"{manifest['runbook']}: FAILED at step “{manifest['failed_step']}” before any check")
     else:
         print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
     for check in checks:
