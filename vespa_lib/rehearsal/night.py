@@ -101,7 +101,7 @@ class Rehearsal:
         rec.notes.append(f"closed years from tonight: {sorted(self.closed)}")
 
     def _sync_params(self, night: date) -> dict:
-        return {"source": f"csv:{self.export}", "as_of": night.isoformat()}
+        return {"source": f"csv:{self.export}", "as_of": night.isoformat(), "backup_dir": str(self.data / "backups")}
 
     def _sync(self, rec: NightRecord, night: date) -> None:
         drop = self._partial_export(night) if night == calendar.REFUSE else set()
