@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 KERNEL := vespa
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-realistic lint lab bench bench-sync chaos clean
+.PHONY: help install demo demo-pg rehearse-year test test-realistic lint lab bench bench-sync chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,12 @@ install: $(STAMP)  ## create .venv and install the package, its dependencies and
 
 demo: $(STAMP)  ## generate the synthetic snapshot and damaged database, run the runbooks, print the summary
 	$(PY) -m vespa_lib.demo --out $(DEMO)
+
+demo-pg: $(STAMP)  ## the demo on a throw-away production-shaped PostgreSQL, every write planned and approved
+	$(PY) -m vespa_lib.demo_pg --out data/demo-pg
+
+rehearse-year: $(STAMP)  ## a school year night by night on PostgreSQL; REHEARSE_ARGS="--full" for every night
+	$(PY) -m vespa_lib.rehearsal --data data/rehearsal $(REHEARSE_ARGS)
 
 test: $(STAMP)  ## run every test (PostgreSQL tests start their own throw-away server), then each runbook as JupyterLab runs it
 	$(PY) -m ruff check vespa_lib tests scripts

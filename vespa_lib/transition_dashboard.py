@@ -141,7 +141,7 @@ def _compare(db: pd.DataFrame, ref: pd.DataFrame, keys: list[str], scales: dict[
                 continue
             if not isinstance(a, list) and not isinstance(b, list):
                 largest = max(largest, diff)
-                bad = bad or diff > _tolerance(b, scales.get(c))
+                bad = bad or (diff > 0 and diff > _tolerance(b, scales.get(c)))  # 0: equal, or missing on both sides
         differing += bad
     return {"db_rows": len(left), "recomputed_rows": len(right), "missing": len(right.index.difference(left.index)),
             "extra": len(left.index.difference(right.index)), "differing": differing, "largest_difference": largest}
