@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 KERNEL := vespa
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-pg rehearse-year test test-realistic lint lab bench bench-sync chaos clean
+.PHONY: help install demo demo-pg rehearse-year test test-heavy test-realistic lint lab bench bench-sync chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ lint: $(STAMP)  ## ruff
 
 lab: $(STAMP)  ## open JupyterLab on notebooks/ with the project kernel
 	$(VENV)/bin/jupyter lab notebooks/
+
+test-heavy: $(STAMP)  ## the tests too long for make test: the short school-year rehearsal and demo-pg
+	$(PY) -m pytest -m heavy
 
 test-realistic: $(STAMP)  ## only the import runbook through vespa-ops at realistic scale (also part of make test)
 	$(PY) -m pytest tests/test_import_realistic.py -s

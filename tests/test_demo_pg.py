@@ -7,7 +7,7 @@ import pytest
 
 from vespa_lib.demo_pg import failures, run_demo
 
-pytestmark = [pytest.mark.postgres, pytest.mark.notebook, pytest.mark.slow]
+pytestmark = [pytest.mark.heavy, pytest.mark.postgres, pytest.mark.notebook, pytest.mark.slow]
 
 
 def test_demo_pg_passes_every_run_without_auto_approval(pg_server, tmp_path):

@@ -65,6 +65,7 @@ def test_knack_fills_up_night_by_night_with_each_kind_of_change(world, tmp_path)
     assert snap.records("object_10") == sum(r.shown(date(2026, 9, 15)) for r in w.records.values())
 
 
+@pytest.mark.heavy
 @pytest.mark.postgres
 @pytest.mark.notebook
 @pytest.mark.slow
