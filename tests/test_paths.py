@@ -178,11 +178,12 @@ class Scenario:
         assert differing(before, self.sums()) == []
 
     def row_import_reapply(self) -> None:
-        """After the undo, the same plan again (same fingerprint), applied: the year is back for the sync."""
+        """After the undo, the same plan again, applied: the year is back for the sync. (The fingerprint
+        is new: on PostgreSQL it binds the rows' versions, and the undo wrote new ones.)"""
         self.needs("import-undo")
         plan = self.run("import", **self.import_params())
         assert plan.code == 0 and plan.manifest["status"] == "passed", plan.why()
-        assert plan.fingerprint == self.state["data_plan"].fingerprint, "the undone state plans differently"
+        assert plan.manifest["counts"] == self.state["data_plan"].manifest["counts"], "the undone state plans differently"
         done = self.run("import", **self.import_params(mode="apply", approve=plan.fingerprint))
         assert done.code == 0 and done.manifest["apply_status"] == "applied", done.why()
         assert done.manifest["verify"]["zero_changes"]
