@@ -200,3 +200,16 @@ def test_index_subcommand_rebuilds_from_manifests(runs, capsys):
     assert cli.main(["--outputs", str(outputs), "index"]) == 0
     assert capsys.readouterr().out.strip() == str(outputs / "index.html")
     assert folder.name.split("_")[-1] in (outputs / "index.html").read_text()
+
+
+@pytest.mark.notebook
+def test_an_empty_override_of_a_text_parameter_is_the_empty_text(tmp_path, capsys):
+    """`-p approve=` (as in `vespa-ops run sync_check -p mode=plan -p approve=`) means "no approval", the
+    parameter's empty text, not a refused None: the run starts (and here fails on its missing target)."""
+    repo = Path(__file__).resolve().parent.parent
+    code = cli.main(["--notebooks", str(repo / "notebooks"), "--outputs", str(tmp_path / "outputs"), "run",
+                     "sync_check", "-p", "mode=plan", "-p", "approve=", "-p", f"target=duckdb:{tmp_path / 'no.duckdb'}"])
+    assert "must be str" not in capsys.readouterr().err
+    (manifest,) = (tmp_path / "outputs").glob("*/*/manifest.json")
+    manifest = json.loads(manifest.read_text(encoding="utf-8"))
+    assert code == 1 and manifest["parameters"]["approve"] == "" and "does not exist" in manifest["error"]

@@ -26,7 +26,7 @@ from vespa_lib.sync_source import open_source
 from vespa_lib.synth.fresh import generate_fresh_export
 
 AS_OF = date(2026, 3, 15)
-YEAR, OLD = "2025/2026", "2024/2025"
+YEAR, OLD, CAL = "2025/2026", "2024/2025", "2026/2026"
 DATA = ["students", "vespa_scores", "question_responses", "academic_years"]
 O10 = "FullObject_10_2026-03-15.csv"
 
@@ -109,7 +109,10 @@ def test_records_that_cannot_be_synced_carry_the_truths_reasons(world, db):
 
 def test_apply_then_replan_is_zero_and_history_records_every_run(world, db):
     sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    before = table_checksums(db, DATA) | {"ledger": db.execute("SELECT count(*) FROM vespa_ops.ledger").fetchone()}
     assert sync.apply_sync(db, sp, approve="", run_id="p0", actor="pytest").status == "planned"
+    assert table_checksums(db, DATA) | {"ledger": db.execute("SELECT count(*) FROM vespa_ops.ledger").fetchone()} \
+        == before  # a plan-only run writes nothing, not even a ledger row: its evidence is the record
     archived_before = table_checksums_of_year(db, OLD)
     result = sync.apply_sync(db, sp, approve=sp.fingerprint, run_id="a1", actor="pytest")
     assert result.status == "applied"
@@ -117,7 +120,7 @@ def test_apply_then_replan_is_zero_and_history_records_every_run(world, db):
     assert again.plan.is_empty and again.passed
     assert table_checksums_of_year(db, OLD) == archived_before
     hist = sync.sync_history(db)
-    assert list(hist["run_id"])[:1] == ["a1"] and {"planned", "applied"} <= set(hist["status"])
+    assert list(hist["run_id"])[:1] == ["a1"] and "p0" not in set(hist["run_id"]) and "applied" in set(hist["status"])
     assert (hist.loc[hist["run_id"] == "a1", "academic_year"] == YEAR).all()
 
 
@@ -156,7 +159,8 @@ def test_f1_a_blank_date_is_set_aside_never_given_a_year(world, db, tmp_path):
 def _broken(world, db, edit_rows, tmp_path=None, **build_kw):
     """Rows a broken builder produced, planned and proved; then every approval is refused."""
     src = open_source(f"csv:{world / 'fresh_export'}", YEAR)
-    built = rowsmod.build_rows(src, YEAR, db, year_fallback=build_kw.pop("year_fallback", None))
+    built = rowsmod.build_rows(src, YEAR, db, year_fallback=build_kw.pop("year_fallback", None),
+                               calendar_year=CAL)  # as plan_sync builds them: each school's running year
     built = edit_rows(built)
     before = table_checksums(db, DATA)
     sp = sync.plan_for_rows(built, src, db, AS_OF)
@@ -370,3 +374,104 @@ def test_a_database_never_migrated_gets_a_blocked_plan_not_a_crash(world, tmp_pa
         assert not sp.passed
     finally:
         con.close()
+
+
+# --- the review-before-approve path through vespa-ops (docs/ARCHITECTURE.md "Guarded writes") -----
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_PARAMS = REPO / "params" / "demo" / "sync_check.yaml"
+
+
+def ops_sync(outputs: Path, source: str, target: str, *overrides: str) -> dict:
+    """``vespa-ops run sync_check -f params/demo/sync_check.yaml -p source=… -p target=… -p …``: the run's
+    manifest plus ``exit`` (its exit code), ``folder`` (its evidence) and ``plan`` (the saved plan)."""
+    import json
+
+    from vespa_lib import cli
+
+    code = cli.main(["--notebooks", str(REPO / "notebooks"), "--outputs", str(outputs), "run", "sync_check",
+                     "-f", str(DEMO_PARAMS), "-p", f"source={source}", "-p", f"target={target}",
+                     *[x for o in overrides for x in ("-p", o)]])
+    (path,) = outputs.glob("*/*/manifest.json")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    plan = path.parent / "plan.json"
+    saved = json.loads(plan.read_text(encoding="utf-8")) if plan.exists() else None
+    saved = json.loads(saved) if isinstance(saved, str) else saved
+    return manifest | {"exit": code, "folder": path.parent, "plan": saved}
+
+
+def changes(plan_doc: dict) -> int:
+    """Inserts + updates + deletes of a saved plan."""
+    return sum(c[op] for by_year in plan_doc["counts"].values() for c in by_year.values()
+               for op in ("insert", "update", "delete"))
+
+
+def holds_the_plan(con, plan_doc: dict) -> bool:
+    """Whether every table × year of the plan now holds exactly its inserted, updated and unchanged rows."""
+    for table, by_year in plan_doc["counts"].items():
+        for year, c in by_year.items():
+            live = con.execute(f"SELECT count(*) FROM {table} WHERE academic_year = ?", [year]).fetchone()[0]
+            if c["refused"] or live != c["insert"] + c["update"] + c["unchanged"]:
+                return False
+    return True
+
+
+@pytest.mark.notebook
+def test_plan_mode_through_vespa_ops_writes_nothing_and_apply_takes_its_fingerprint(world, tmp_path):
+    """`mode: plan` (the default, read-only) on DuckDB: the file stays byte-identical, the evidence holds
+    the plan and its fingerprint, no ledger row is written; `mode: apply` with that fingerprint applies
+    exactly that plan."""
+    from vespa_lib.files import sha256_of
+
+    target = tmp_path / "p.duckdb"
+    shutil.copy(world / "production.duckdb", target)
+    source, spec = f"csv:{world / 'fresh_export'}", f"duckdb:{target}"
+    before = sha256_of(target)
+    plan = ops_sync(tmp_path / "o1", source, spec, "mode=plan", "approve=")
+    assert (plan["exit"], plan["status"], plan["sync_status"]) == (0, "passed", "planned"), plan["error"]
+    assert sha256_of(target) == before and not Path(f"{target}.wal").exists()
+    fingerprint = plan["plan_fingerprint"]
+    assert len(fingerprint) == 64 and plan["plan"]["fingerprint"] == fingerprint and changes(plan["plan"]) > 0
+    again = ops_sync(tmp_path / "o2", source, spec, "mode=plan")
+    assert again["exit"] == 0 and again["plan_fingerprint"] == fingerprint and sha256_of(target) == before
+
+    applied = ops_sync(tmp_path / "o3", source, spec, "mode=apply", f"approve={fingerprint}")
+    assert (applied["exit"], applied["sync_status"]) == (0, "applied"), applied["error"]
+    assert applied["plan_fingerprint"] == fingerprint
+    assert {c["name"]: c["passed"] for c in applied["checks"]}["replan_is_empty"]
+    with duckdb.connect(str(target), read_only=True) as con:
+        assert holds_the_plan(con, plan["plan"])
+        runs = {r[0]: r[1] for r in con.execute("SELECT run_id, status FROM vespa_ops.ledger "
+                                                 "WHERE runbook = 'sync_check'").fetchall()}
+    assert runs.get(applied["run_id"]) == "applied"
+    assert plan["run_id"] not in runs and again["run_id"] not in runs  # the plan-only runs wrote nothing
+
+
+@pytest.mark.notebook
+def test_an_empty_nightly_sync_records_no_changes_and_counts_as_a_night_the_sync_ran(world, db, tmp_path):
+    """A policy run whose plan changes nothing leaves a "no changes" ledger row, not "applied"; the
+    year_transition checks read it as a night the sync ran and as the year's last sync."""
+    from vespa_lib import transition_checks
+
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert sync.apply_sync(db, sp, approve=sp.fingerprint, run_id="night0", actor="pytest").status == "applied"
+    db.close()
+    target = tmp_path / "p.duckdb"
+    before = table_checksums_at(target)
+    night = ops_sync(tmp_path / "o1", f"csv:{world / 'fresh_export'}", f"duckdb:{target}", "mode=apply",
+                     "approve=policy")
+    assert (night["exit"], night["sync_status"]) == (0, "no changes"), night["error"]
+    assert table_checksums_at(target) == before
+    with duckdb.connect(str(target), read_only=True) as con:
+        hist = sync.sync_history(con)
+        ran = transition_checks.sync_ran_every_night(con, AS_OF, 1)
+        last = transition_checks.current_year_matches_last_sync(con, AS_OF)
+    assert hist.iloc[0][["run_id", "status", "inserts", "updates", "deletes"]].tolist() == \
+        [night["run_id"], "no changes", 0, 0, 0]
+    assert ran.passed and ran.frame.iloc[0]["statuses"] == "no changes"  # night0 ran on another (clock) date
+    assert last.passed and last.figures["sync_run"] == night["run_id"]
+
+
+def table_checksums_at(path: Path) -> dict:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return table_checksums(con, DATA)

@@ -32,7 +32,8 @@ APP_VAR, KEY_VAR = "TEST_SYNC_KNACK_APP_ID", "TEST_SYNC_KNACK_API_KEY"
 # Named pupils (new to the target; the domains need not match a school: the connection decides).
 ANCHOR_EMAIL = "anchor.pupil@uk1.example.sch.uk"  # field_197_raw an HTML mailto anchor, upper-case text
 F12_EMAIL = "boundary.pupil@uk1.example.sch.uk"  # completed 01/08/2025: first day of 2025/2026 (F12)
-AU_EDGE_EMAIL = "edge.pupil@au.example.edu.au"  # 01/01/2025: first day of the Knack read window (F12)
+AU_EDGE_EMAIL = "edge.pupil@au.example.edu.au"  # 01/01/2026: first day of the calendar school's running year (F12)
+AU_CLOSED_EMAIL = "closed.pupil@au.example.edu.au"  # 01/01/2025: first day of the Knack read window, a closed year
 STALE_EMAIL = "stale.pupil@uk1.example.sch.uk"  # 31/07/2025: last day of 2024/2025
 BLANK_EMAIL = "blank.pupil@uk2.example.sch.uk"  # no completion date
 EARLY_EMAIL = "early.pupil@uk1.example.sch.uk"  # 10/10/2024: before the Knack read window
@@ -124,13 +125,14 @@ def records(target: Path, *, existing_blank: bool = False) -> dict[str, list[dic
     for i in range(12):
         plan.append((f"new{i}@{domain(sc['uk1'])}", sc["uk1"], date(2025, 9, 10 + i), 1 + i % 2))
         plan.append((f"new{i}@{domain(sc['uk2'])}", sc["uk2"], date(2026, 1, 5 + i), 1))
-    for i in range(4):
-        plan.append((f"new{i}@{domain(sc['au'])}", sc["au"], date(2025, 3 + i, 12), 1))
+    for i in range(4):  # the calendar-year school's running year on 2026-03-15 is 2026/2026 (DOMAIN.md §4)
+        plan.append((f"new{i}@{domain(sc['au'])}", sc["au"], date(2026, 1 + i % 3, 12 + i), 1))
     known = existing_students(target, sc["uk1"], 2) + existing_students(target, sc["uk2"], 3)
     for i, email in enumerate(known[:4]):
         plan.append((email, sc["uk1"] if i < 2 else sc["uk2"], date(2025, 11, 3 + i), 1))
     plan.append((known[4], sc["uk2"], None if existing_blank else date(2025, 12, 1), 1))
-    plan += [(F12_EMAIL, sc["uk1"], date(2025, 8, 1), 1), (AU_EDGE_EMAIL, sc["au"], date(2025, 1, 1), 1),
+    plan += [(F12_EMAIL, sc["uk1"], date(2025, 8, 1), 1), (AU_EDGE_EMAIL, sc["au"], date(2026, 1, 1), 1),
+             (AU_CLOSED_EMAIL, sc["au"], date(2025, 1, 1), 1),
              (STALE_EMAIL, sc["uk1"], date(2025, 7, 31), 1), (BLANK_EMAIL, sc["uk2"], None, 1),
              (ANCHOR_EMAIL, sc["uk1"], date(2025, 10, 20), 1), (EARLY_EMAIL, sc["uk1"], date(2024, 10, 10), 1)]
     out: dict[str, list[dict]] = {"object_6": [], "object_10": [], "object_29": []}
@@ -224,9 +226,9 @@ def test_knack_source_plans_exactly_what_the_csv_export_plans(target, tmp_path):
 
     # F12: the first day of the UK year and the first day of the Knack window are in both plans.
     for sp in (from_csv, from_knack):
-        assert has_student(sp, F12_EMAIL, YEAR) and has_student(sp, AU_EDGE_EMAIL, "2025/2025")
+        assert has_student(sp, F12_EMAIL, YEAR) and has_student(sp, AU_EDGE_EMAIL, "2026/2026")
         assert has_student(sp, ANCHOR_EMAIL, YEAR)  # the HTML anchor decoded (and lower-cased) on both sides
-        for email in (STALE_EMAIL, BLANK_EMAIL, EARLY_EMAIL):
+        for email in (STALE_EMAIL, BLANK_EMAIL, EARLY_EMAIL, AU_CLOSED_EMAIL):
             assert not any(e == email for e in sp.desired.tables["students"].column("email").to_pylist())
 
     # Set aside: identical, except what lies before the read window (Knack is asked only for the year's
@@ -237,6 +239,8 @@ def test_knack_source_plans_exactly_what_the_csv_export_plans(target, tmp_path):
     assert (blank["object_10"], "no_date") in {(r, why) for _, r, why in set_aside(from_knack)}
     assert set_aside(from_knack) <= set_aside(from_csv)
     assert ("object_10", stale["object_10"], "stale_date") in set_aside(from_knack)
+    closed = record_ids(recs, AU_CLOSED_EMAIL)["object_10"]  # calendar year 2025/2025 closed on 1 January 2026
+    assert all(("object_10", closed, "stale_date") in set_aside(sp) for sp in (from_csv, from_knack))
     assert from_knack.source["records"]["object_10"] == len(recs["object_10"]) - 1
 
 

@@ -23,7 +23,7 @@ from vespa_lib.rows import build_rows
 from vespa_lib.snapshot import open_snapshot
 from vespa_lib.synth import generate, generate_fresh_export
 
-N = "2025/2026"
+N, CAL = "2025/2026", "2026/2026"
 TAG = "2026-03-15"
 CYCLE_FIELDS = {1: range(155, 161), 2: range(161, 167), 3: range(167, 173)}
 CURRENT_FIELDS = range(147, 153)
@@ -169,8 +169,9 @@ def test_archived_year_records_are_set_aside(truth, o10, base):
 def test_reenrolled_and_blank_dates(truth, o10, base):
     snap = {r["email"]: r for r in read(base / "truth.csv") if r["object"] == "object_10" and r["expected"] == "import"}
     new = [r for r in truth if "reenrolled_new" in r["quirks"].split(";")]
-    # a calendar-year school's label Y/Y counts in Y/Y+1 (DOMAIN.md §4)
-    assert new and all(r["drift"] == "new" and years.benchmark_year(r["academic_year"]) == N for r in new)
+    # each school syncs into its own running year: N for UK-rule schools, the calendar year of as_of
+    # (2026/2026 on 2026-03-15) for calendar-year schools (DOMAIN.md §4)
+    assert new and all(r["drift"] == "new" and r["academic_year"] in (N, CAL) for r in new)
     assert all(r["email"] in snap and snap[r["email"]]["record_id"] != r["record_id"] for r in new)
     blank = {i for i, rec in o10.items() if knack.is_blank(rec["field_855_date"])}
     rows = {r["record_id"]: r for r in truth if r["object"] == "object_10"}
@@ -190,7 +191,7 @@ def test_f10_record_in_export_keeps_one_cycle(truth, o10):
 def test_import_row_builder_reads_the_export_alike(run, truth, db):
     """The same rule chains over the export: every synced key is built, with its score row count.
     Blank dates differ by design: the import uses the snapshot's year, the sync sets them aside (F1)."""
-    rows = build_rows(open_snapshot(run[0]), N, db)
+    rows = build_rows(open_snapshot(run[0]), N, db, calendar_year=CAL)  # as the sync builds them
     built = Counter((s["email"], s["academic_year"]) for s in rows.vespa_scores.to_pylist())
     students = {(s["email"], s["academic_year"]) for s in rows.students.to_pylist()}
     for r in truth:
@@ -212,3 +213,16 @@ def test_refuses_bad_inputs(base, tmp_path, case, as_of, remove, error):
             shutil.copy(base / f, tmp_path / f)
     with pytest.raises(error):
         generate_fresh_export(tmp_path, as_of=as_of)
+
+
+def test_calendar_year_schools_sync_in_the_calendar_year_of_the_export_date(truth, o10):
+    """Generated for 2026-03-15: every synced record of a calendar-year school is dated in 2026 (from its
+    late-January start or 1 January, before the export date) and syncs as 2026/2026, never 2025/2025."""
+    calendar = [r for r in truth if r["object"] == "object_10" and r["expected"] == "sync"
+                and years.is_calendar_label(r["academic_year"])]
+    assert calendar and {r["academic_year"] for r in calendar} == {CAL}
+    for r in calendar:
+        day = knack.completion_date(knack.decode_date(o10[r["record_id"]]["field_855_date"]))
+        assert date(2026, 1, 1) <= day < date(2026, 3, 15)
+    extras = [r for r in truth if r["object"] == "db_student" and r["reason"] == "mislabelled_calendar_year"]
+    assert extras and all(r["academic_year"] == N for r in extras)

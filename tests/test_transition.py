@@ -9,11 +9,13 @@ from datetime import date
 
 import duckdb
 import pytest
-from transition_data import AS_OF, CUR, DATA, NEXT, OLD, build
+from test_plan import EST_B, students
+from transition_data import AS_OF, CUR, DATA, NEXT, OLD, build, history
 
 from vespa_lib import cli, stats, transition
 from vespa_lib.errors import GuardRefused, ParameterError
 from vespa_lib.guard import apply_undo, plan_undo, table_checksums
+from vespa_lib.plan import Desired, plan_changes
 
 NOTEBOOKS = __import__("pathlib").Path(__file__).resolve().parents[1] / "notebooks"
 CHECKS = ["archived_counts_match_ledger", "current_year_matches_last_sync", "archived_rows_marked_and_protected",
@@ -168,3 +170,53 @@ def test_runbook_validates_then_rehearses_the_rollover_on_a_copy(template, tmp_p
     names = {c["name"]: c["passed"] for c in json.loads(runs[-1].read_text())}
     assert names["rollover_applied"] and names["rollover_verified_empty"] and names["closed_year_frozen"]
     assert cli.main([*base, "-p", "mode=rollover", "-p", "as_of='2026-08-01'"]) == 1  # no approval: fails
+
+
+# --- calendar-year schools: the 1 January close (docs/YEARLY_PROCEDURE.md) ---------------------------
+
+JAN = date(2026, 1, 1)  # closes 2025/2025 (the history's calendar year of EST_B) and nothing else
+
+
+def test_1_january_closes_only_the_calendar_year_and_opens_nothing(db):
+    before = table_checksums(db, DATA)
+    current = db.execute("SELECT academic_year FROM academic_years WHERE is_current").fetchall()
+    plan = transition.plan_rollover(db, JAN, require_clean_sync=False)
+    assert plan.ready and (plan.close, plan.open, plan.labels) == ("2025/2025", None, ["2025/2025"])
+    assert plan.counts["academic_years"] == {"archive": 1, "open_insert": 0, "open_update": 0, "uncurrent": 0}
+    counts = transition.apply_rollover(db, JAN, approve=plan.fingerprint, run_id="jan", actor="pytest",
+                                       require_clean_sync=False)
+    assert counts["marked"]["students"] == 2 and counts["statistics_years"] == ["2025/2025", CUR]
+    marked = dict(db.execute("SELECT academic_year, bool_and(is_archived) FROM students GROUP BY 1").fetchall())
+    assert marked["2025/2025"] is True and marked[CUR] is False
+    assert db.execute("SELECT academic_year FROM academic_years WHERE is_current").fetchall() == current
+    assert db.execute("SELECT is_archived, is_current FROM academic_years WHERE academic_year = '2025/2025'"
+                      ).fetchall() == [(True, False)]
+    assert transition.plan_rollover(db, JAN, require_clean_sync=False).is_empty
+    # the closed calendar year is refused to the next sync by the guard's planner
+    rows = [{**r, "name": "Overwritten"} for r in students("2025/2025", EST_B, 1, prefix="auc")]
+    want = Desired(history(rows, cycles=(1,)), years=["2025/2025"])
+    assert plan_changes(db, want).refused_reasons["students"].get("archived_year") == 1
+    undo = plan_undo(db, "jan")
+    apply_undo(db, "jan", approve=undo.fingerprint, undo_run_id="undo-jan", actor="pytest")
+    assert table_checksums(db, DATA) == before
+
+
+def test_1_august_after_a_1_january_close_archives_the_uk_year_and_not_the_running_calendar_year(db):
+    db.execute("INSERT INTO students (knack_id, email, academic_year, establishment_id) SELECT 'k26', "
+               "'au26@x.edu.au', '2026/2026', establishment_id FROM students WHERE academic_year = '2025/2025' LIMIT 1")
+    jan = transition.plan_rollover(db, JAN, require_clean_sync=False)
+    transition.apply_rollover(db, JAN, approve=jan.fingerprint, run_id="jan", actor="pytest", require_clean_sync=False)
+    aug = transition.plan_rollover(db, ROLL_DAY, require_clean_sync=False)
+    assert (aug.close, aug.open, aug.labels) == (CUR, NEXT, [CUR, "2025/2025"])
+    assert aug.counts["mark"]["students"] == 5  # 2025/2025 is marked already: only the UK year's rows
+    transition.apply_rollover(db, ROLL_DAY, approve=aug.fingerprint, run_id="aug", actor="pytest",
+                              require_clean_sync=False)
+    running = db.execute("SELECT is_archived FROM students WHERE academic_year = '2026/2026'").fetchall()
+    assert running == [(False,)]
+
+
+@pytest.mark.parametrize(("as_of", "close"), [(date(2027, 1, 1), "2026/2026"), (date(2027, 3, 1), "2026/2026"),
+                                              (ROLL_DAY, CUR), (date(2026, 10, 1), CUR)])
+def test_the_default_close_year_is_the_year_that_ended_last(as_of, close):
+    assert transition.close_year_for(as_of) == close
+    assert transition.close_year_for(as_of, "2026-27") == NEXT

@@ -205,3 +205,49 @@ def test_uk_year_sql_matches_python_in_postgresql(pg_server):
             (days,),
         ).fetchall()
     assert [r[0] for r in rows] == [years.academic_year_for(x) for x in days]
+
+
+# --- each school's own running year, and the year a rollover closes ---------------------------------
+
+CAL = {"is_australian": True, "use_standard_year": False}
+
+
+@pytest.mark.parametrize(("as_of", "uk", "calendar"), [
+    (date(2026, 3, 15), "2025/2026", "2026/2026"),  # the calendar school's year started in late January
+    (date(2026, 1, 1), "2025/2026", "2026/2026"),  # 1 January: the new calendar year is running
+    (date(2026, 1, 5), "2025/2026", "2026/2026"),  # before the school's late-January start: still its date's year
+    (date(2025, 12, 31), "2025/2026", "2025/2025"),
+    (date(2026, 7, 31), "2025/2026", "2026/2026"),
+    (date(2026, 8, 1), "2026/2027", "2026/2026"),
+    (date(2025, 9, 15), "2025/2026", "2025/2025"),
+])
+def test_running_years_per_rule(as_of, uk, calendar):
+    assert years.running_years(as_of) == (uk, calendar)
+    assert years.current_year(as_of, **CAL) == calendar
+    for rule in ({"is_australian": True, "use_standard_year": None}, {"is_australian": True, "use_standard_year": True},
+                 {"is_australian": False, "use_standard_year": False}):
+        assert years.current_year(as_of, **rule) == uk
+
+
+@pytest.mark.parametrize(("as_of", "closes"), [
+    (date(2027, 1, 1), "2026/2026"),  # 1 January: the calendar-year schools' year just ended
+    (date(2027, 3, 15), "2026/2026"),
+    (date(2027, 7, 31), "2026/2026"),
+    (date(2026, 8, 1), "2025/2026"),  # 1 August: the UK year just ended
+    (date(2026, 12, 31), "2025/2026"),
+])
+def test_year_to_close_is_the_year_that_ended_last(as_of, closes):
+    assert years.year_to_close(as_of) == closes
+
+
+@given(dates)
+def test_the_year_to_close_ended_before_as_of_and_the_running_years_contain_it(when):
+    closing = years.year_to_close(when)
+    assert years.year_end(closing) < when
+    uk, calendar = years.running_years(when)
+    for label in (uk, calendar):
+        start, end = years.year_bounds(label)
+        assert start <= when <= end
+    # nothing between the closed year's end and as_of is another boundary: it is the latest one
+    assert not any(d.month in (1, 8) and d.day == 1 for d in
+                   (years.year_end(closing) + timedelta(days=k) for k in range(2, (when - years.year_end(closing)).days + 1)))

@@ -102,13 +102,19 @@ def load_parameters(file: Path | None, overrides: list[str]) -> dict[str, Any]:
     return values
 
 
+def _empty_text(values: dict[str, Any], types: dict[str, str]) -> dict[str, Any]:
+    """An empty value (``-p approve=``, YAML ``approve:``) of a text parameter that cannot be None is the
+    empty text, e.g. "no approval"; elsewhere it stays None (and is refused where None is not allowed)."""
+    return {k: ("" if v is None and types.get(k) == "str" else v) for k, v in values.items()}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, execute through papermill, finalise the evidence (always), print the folder last."""
     notebooks, root, outputs = _paths(args)
     name = Path(args.runbook).stem
     path = notebook_for(notebooks, name)
     declared = runbook.parse_parameters(path)
-    values = load_parameters(args.file, args.param)
+    values = _empty_text(load_parameters(args.file, args.param), {p.name: p.type for p in declared})
     secrets = privacy.collect_secrets(dotenv_path=root / ".env")
     runbook.validate({p.name: p.type for p in declared}, values, secrets)
     parameters = {p.name: p.default for p in declared} | values
@@ -162,9 +168,23 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def _print_summary(manifest: dict[str, Any]) -> None:
+    """One verdict line, then each failed check and the error. A run whose write committed says so
+    first ("APPLIED (write committed), then post-check failed: X"): the write stands, nobody should
+    undo or repeat it because a check after the commit failed."""
     checks = manifest.get("checks") or []
     passed = sum(1 for c in checks if c["passed"])
-    print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
+    failed = [c["name"] for c in checks if not c["passed"]]
+    if manifest.get("write_committed") and manifest["status"] != "passed":
+        after = f"post-check failed: {', '.join(failed)}" if failed else f"the run failed: {manifest.get('error')}"
+        print(f"{manifest['runbook']}: APPLIED (write committed), then {after} ({passed}/{len(checks)} checks passed)")
+        written = manifest.get("written") or {}
+        if written.get("run_id"):
+            print(f"  the write of run {written['run_id']} stands: do not repeat it; undo only on purpose "
+                  f"(vespa-ops undo {written['run_id']})")
+    elif manifest.get("write_committed"):
+        print(f"{manifest['runbook']}: PASSED ({passed}/{len(checks)} checks passed; write committed)")
+    else:
+        print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
     for check in checks:
         if not check["passed"]:
             print(f"  FAILED {check['name']}: {check.get('detail', '')}")

@@ -263,6 +263,8 @@ def _index_row(outputs: Path, folder: Path, m: dict[str, Any]) -> str:
     passed = sum(1 for c in checks if c.get("passed"))
     when = str(m.get("started_at", "")).replace("T", " ")
     error = f'<br><small>{esc(str(m["error"]))}</small>' if m.get("error") else ""
+    if m.get("write_committed") and status == "failed":  # the write stands: say so before the failure
+        error = "<br><small><b>applied: write committed</b>, then a post-check failed</small>" + error
     return (f"<tr><td>{esc(when)}</td><td>{esc(str(m.get('runbook', '')))}</td>"
             f"<td>{esc(str(m.get('target') or '—'))}</td>"
             f'<td><span class="{status}">{status}</span>{error}</td>'

@@ -37,7 +37,7 @@ from vespa_lib.rowdigest import unchanged_groups
 from vespa_lib.schema import dialect_of, table_columns
 
 __all__ = ["OPS", "SPECS", "Desired", "Plan", "TableSpec", "checksum_expr", "copy_in", "copy_out", "plan_changes", "q",
-           "reuse_kept",
+           "read_only_session", "reuse_kept",
            "row_text_expr", "run", "scalar", "stage_and_classify"]
 
 OPS = ("insert", "update", "unchanged", "delete", "refused")
@@ -811,25 +811,49 @@ def rolled_back(con: Any) -> Iterator[None]:
         con.rollback()
 
 
+def read_only_session(con: Any) -> bool:
+    """Whether a PostgreSQL connection opens read-only transactions (a target opened ``read_only``). Read-only."""
+    return dialect_of(con) == "postgres" and scalar(con, "SELECT current_setting('default_transaction_read_only')") == "on"
+
+
+def _staged_without_writes(con: Any, desired: Desired, kw: dict) -> Plan:
+    """``stage_and_classify`` in the open PostgreSQL transaction, refused (raised, so the transaction rolls
+    back) if it wrote a row of any permanent table: only temp tables may be written while planning."""
+    before = _row_writes(con)
+    plan = stage_and_classify(con, desired, **kw)
+    wrote = sorted(t for t, n in _row_writes(con).items() if n > before.get(t, 0))
+    if wrote:
+        raise VespaError(f"Planning wrote to {wrote}, so it was rolled back: planning must be read-only. "
+                         "This is a bug in vespa_lib.plan; report it with the plan's parameters.")
+    return plan
+
+
 def plan_changes(con: Any, desired: Desired, *, archived_write_years: tuple | list = (),
                  archive_years: tuple | list = (), keep: bool = False) -> Plan:
     """Plan applying ``desired`` (SPEC.md §7.1). Read-only: staging is rolled back.
 
     ``keep`` (PostgreSQL): the plan tables stay in this connection for ``reuse_kept``; the planning
-    transaction then commits, after checking it wrote to no permanent table (else it rolls back)."""
+    transaction then commits, after checking it wrote to no permanent table (else it rolls back).
+
+    A read-only PostgreSQL session (``read_only_session``: a plan-only run) keeps nothing, since nothing
+    can be applied from it. PostgreSQL refuses every CREATE and DROP in a read-only transaction, temp
+    tables included (DuckDB's read-only mode allows temp tables), so that plan's one transaction is
+    opened READ WRITE for its temp tables only: it is checked to have written no row of a permanent
+    table, and always rolled back, so the database is left exactly as it was."""
     kw = {"archived_write_years": archived_write_years, "archive_years": archive_years}
-    if not keep or dialect_of(con) != "postgres":
+    if dialect_of(con) != "postgres":
         with rolled_back(con):
             return stage_and_classify(con, desired, **kw)
+    read_only = read_only_session(con)
+    if not keep or read_only:
+        with con.transaction(force_rollback=True):
+            if read_only:  # the transaction's first statement
+                run(con, "SET TRANSACTION READ WRITE")
+            return _staged_without_writes(con, desired, kw)
     import uuid  # noqa: PLC0415
 
     with con.transaction():
-        before = _row_writes(con)
-        plan = stage_and_classify(con, desired, **kw)
-        wrote = sorted(t for t, n in _row_writes(con).items() if n > before.get(t, 0))
-        if wrote:
-            raise VespaError(f"Planning wrote to {wrote}, so it was rolled back: planning must be read-only. "
-                             "This is a bug in vespa_lib.plan; report it with the plan's parameters.")
+        plan = _staged_without_writes(con, desired, kw)
         if not plan.migrations:
             plan.session = uuid.uuid4().hex
             run(con, f"CREATE TEMP TABLE {SESSION_TABLE} AS SELECT CAST(? AS TEXT) AS key", [plan.session])

@@ -68,7 +68,7 @@ class ImportRows:
 
 def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29_percentage: bool = False,
                establishment_scope: list[str] | None = None,
-               year_fallback: str | None = "snapshot_year") -> ImportRows:
+               year_fallback: str | None = "snapshot_year", calendar_year: str | None = None) -> ImportRows:
     """Build the import rows of ``academic_year`` (a UK label such as ``2024/2025``) from ``snapshot``.
 
     ``reference`` is a read-only connection (DuckDB, or anything with ``.sql(q)`` returning a
@@ -77,11 +77,15 @@ def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29
     other schools are counted as ``out_of_scope``. ``year_fallback``: ``"snapshot_year"`` (the
     import's rule 2) gives a blank-date record the snapshot's year; ``None`` (the sync of a fresh
     export, F1) sets it aside as ``no_date`` instead (after the email and establishment reasons,
-    before the score reasons). Read-only on the target and on the snapshot tables.
+    before the score reasons). ``calendar_year``: the year a calendar-year school's dated records must
+    carry to be kept (default: ``Y/Y``, the calendar year counted in ``academic_year = Y/Y+1``, the
+    import's rule; the sync passes the school's running year, the calendar year of its ``as_of``).
+    Read-only on the target and on the snapshot tables.
     """
     if year_fallback not in ("snapshot_year", None):
         raise ParameterError(f"year_fallback must be 'snapshot_year' or None, got {year_fallback!r}.")
     year = _import_year(academic_year)
+    calendar_first = _calendar_first(year, calendar_year)
     scope = _scope(establishment_scope)
     con = snapshot.con
     # DuckDB 2.0 allows one open result per connection: finish any the caller left pending (a
@@ -94,7 +98,7 @@ def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29
         _register_reference(con, reference)
         _decode_distinct(con)
         params = {"year": year, "first": int(year[:4]), "calendar_year": _calendar_year(year),
-                  "scoped": scope is not None, "scope": scope or []}
+                  "calendar_first": calendar_first, "scoped": scope is not None, "scope": scope or []}
         _run_records(con, params, no_fallback=year_fallback is None)
         _run_answers(con, convert_q29_percentage)
         con.execute(rows_sql.QUARANTINE, {"file10": str(snapshot.files["object_10"]),
@@ -131,6 +135,20 @@ def _calendar_year(year: str) -> str:
     containing the import year's last day (31/07/2025 -> 2025/2025)."""
     last = years.year_end(year).year
     return f"{last}/{last}"
+
+
+def _calendar_first(year: str, calendar_year: str | None) -> int:
+    """The calendar year kept for calendar-year schools: ``calendar_year``, else N's first year."""
+    if calendar_year is None:
+        return int(year[:4])
+    try:
+        label = years.canonical(calendar_year)
+    except years.YearError as exc:
+        raise ParameterError(f"calendar_year: {exc}") from None
+    if not years.is_calendar_label(label):
+        raise ParameterError(f"calendar_year {calendar_year!r} is not a calendar year Y/Y: pass e.g. "
+                             f"'{year[5:]}/{year[5:]}', or None for the calendar year counted in {year}.")
+    return int(label[:4])
 
 
 def _scope(scope: list[str] | None) -> list[str] | None:
@@ -283,7 +301,7 @@ def _run_records(con: duckdb.DuckDBPyConnection, params: dict, *, no_fallback: b
                 rows_sql.cycles(), rows_sql.cycle_flags(), rows_sql.SCORE_SUMMARY, rows_sql.record_base()):
         con.execute(sql)
     con.execute(rows_sql.record_year(), {"year": params["year"], "calendar_year": params["calendar_year"]})
-    con.execute(rows_sql.RECORD_OUTCOME, {k: params[k] for k in ("first", "scoped", "scope")})
+    con.execute(rows_sql.RECORD_OUTCOME, {k: params[k] for k in ("first", "calendar_first", "scoped", "scope")})
     if no_fallback:
         con.execute(_NO_DATE)
     for sql in (rows_sql.RANKED, rows_sql.students(), rows_sql.SCORES):

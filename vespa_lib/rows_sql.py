@@ -223,8 +223,9 @@ FROM _rows_base b LEFT JOIN _rows_ref_est x ON x.id = b.establishment_id
 
 
 # Precedence of the reasons (first that applies wins), in the chains' order: email, establishment,
-# scope, year, scores (the synth truth file decides in the same order). A calendar label Y/Y is counted in Y/Y+1
-# (DOMAIN §4), so the first year of any label compares with the import year's first year.
+# scope, year, scores (the synth truth file decides in the same order). Each school is compared with its
+# own year: UK-rule schools with $first (the UK year's first year), calendar-year schools with
+# $calendar_first (the import: Y/Y counted in Y/Y+1, DOMAIN §4; the sync: the calendar year of as_of).
 RECORD_OUTCOME = """
 CREATE OR REPLACE TEMP TABLE _rows_outcome AS
 SELECT y.*,
@@ -234,8 +235,10 @@ SELECT y.*,
        WHEN establishment_id IS NULL THEN 'no_establishment'
        WHEN $scoped AND NOT list_contains($scope, establishment_knack_id) THEN 'out_of_scope'
        WHEN date_reason IS NOT NULL AND date_reason <> 'blank' THEN 'bad_date'
-       WHEN CAST(split_part(academic_year, '/', 1) AS INTEGER) < $first THEN 'stale_date'
-       WHEN CAST(split_part(academic_year, '/', 1) AS INTEGER) > $first THEN 'outside_import_year'
+       WHEN CAST(split_part(academic_year, '/', 1) AS INTEGER)
+            < CASE WHEN calendar THEN $calendar_first ELSE $first END THEN 'stale_date'
+       WHEN CAST(split_part(academic_year, '/', 1) AS INTEGER)
+            > CASE WHEN calendar THEN $calendar_first ELSE $first END THEN 'outside_import_year'
        WHEN n_bad > 0 THEN 'bad_score'
        WHEN taken = 0 THEN 'no_scores'
   END AS reason

@@ -4,9 +4,12 @@
 builds the current year's rows with the import's decoding and rule chains
 (:func:`vespa_lib.rows.build_rows` with ``year_fallback=None``: a blank date is set aside as
 ``no_date``, never given a year, F1), and plans them with :func:`vespa_lib.plan.plan_changes` keyed as
-production is keyed. Its scope is the current UK year ``N`` (from ``as_of``; the library never reads
-the clock), the calendar year counted in ``N`` (``Y/Y``, DOMAIN.md §4) and any non-canonical spelling
-of those two labels stored in the database (F11: relabelled by delete + insert); deletions are only
+production is keyed. Its scope is each school's own running year on ``as_of`` (the library never
+reads the clock; DOMAIN.md §4): the UK year ``N`` of ``as_of`` for UK-rule schools, the calendar year
+of ``as_of`` (``Y/Y``) for calendar-year schools (on 15/03/2026: ``2025/2026`` and ``2026/2026``),
+and any non-canonical spelling of those two labels stored in the database (F11: relabelled by
+delete + insert); a calendar-year record dated in an earlier calendar year is set aside as
+``stale_date`` (that year is closed on 1 January, docs/YEARLY_PROCEDURE.md); deletions are only
 of rows of those labels, only within ``establishment_scope``, and never of a student whose record
 the source still has but cannot sync (set aside: kept, but relabelled canonically, so no misspelt
 label of the year survives a sync; ``f11_labels_canonical`` proves it). The proofs and the drift report
@@ -14,8 +17,12 @@ are in :mod:`vespa_lib.sync_checks`.
 
 ``apply_sync`` applies through :func:`vespa_lib.guard.apply_plan` (one transaction, lock, backup,
 ledger) when every proof passed and the approval holds: a fingerprint, ``auto`` (DuckDB only) or
-``policy`` (unattended: :func:`policy_decision`). Every sync_check run leaves a ledger row
-(``planned``, ``refused``, ``failed`` or the guard's ``applied``); ``sync_history`` lists them.
+``policy`` (unattended: :func:`policy_decision`). Every run asked to apply leaves a ledger row
+(``refused``, ``failed``, the guard's ``applied``, or ``no changes`` when the approved plan changes
+nothing: a night the sync ran and found the database equal to its source); ``sync_history`` lists
+them. A plan-only run (no approval) writes nothing to the target, not even a ledger row: it may run on
+a read-only connection, and its record is its evidence (the plan and its fingerprint). Ledgers written
+before that hold ``planned`` rows, which the readers still understand.
 """
 
 from __future__ import annotations
@@ -36,10 +43,11 @@ from .guard import apply_plan, write_transaction
 from .schema import WORKBOOK_SCHEMA, dialect_of
 from .sync_source import SyncSource, open_source
 
-__all__ = ["RUNBOOK", "SyncPlan", "SyncResult", "apply_sync", "plan_for_rows", "plan_sync", "policy_decision",
-           "record_run", "run_years", "sync_history"]
+__all__ = ["NO_CHANGES", "RUNBOOK", "SyncPlan", "SyncResult", "apply_sync", "plan_for_rows", "plan_sync",
+           "policy_decision", "record_run", "run_years", "sync_history"]
 
 RUNBOOK = "sync_check"
+NO_CHANGES = "no changes"  # the ledger status of an approved run whose plan changes nothing
 TABLES = ("students", "vespa_scores", "question_responses")
 POLICY_KEYS = {"max_deletes": int, "max_change_ratio": float, "max_count_change": float,
                "require_current_year_only": bool, "require_no_refused": bool}
@@ -83,7 +91,8 @@ class SyncPlan:
 
 @dataclass
 class SyncResult:
-    """What ``apply_sync`` did: ``applied``, ``refused`` (nothing written) or ``planned`` (no apply)."""
+    """What ``apply_sync`` did: ``applied``, ``no changes`` (approved, nothing to write), ``refused``
+    (nothing written) or ``planned`` (no approval: nothing written, no ledger row)."""
 
     run_id: str
     status: str
@@ -92,10 +101,10 @@ class SyncResult:
     policy: dict = field(default_factory=dict)
 
 
-def run_years(year: str, con: Any) -> list[str]:
-    """Labels the sync owns: UK ``year``, the calendar year counted in it, and stored misspellings of
-    either (F11). Read-only."""
-    own = {year, f"{year[:4]}/{year[:4]}"}
+def run_years(year: str, con: Any, calendar: str | None = None) -> list[str]:
+    """Labels the sync owns: UK ``year``, the calendar-year schools' running year ``calendar`` (default
+    the calendar year counted in ``year``), and stored misspellings of either (F11). Read-only."""
+    own = {year, calendar or f"{year[:4]}/{year[:4]}"}
     stored = set()
     for table in TABLES:
         stored |= {r[0] for r in planmod.run(con, f"SELECT DISTINCT academic_year FROM {table}")}
@@ -138,10 +147,10 @@ def plan_sync(source: str | SyncSource, con: Any, as_of: date, *, establishment_
     if not isinstance(as_of, date):
         raise ParameterError(f"as_of must be a date, got {as_of!r}: the library never reads the clock (F1).")
     scope = list(establishment_scope) if establishment_scope else None
-    year = years.current_year(as_of)
+    year, calendar = years.running_years(as_of)  # each school's own running year (DOMAIN.md §4)
     src = source if isinstance(source, SyncSource) else open_source(source, year, **source_options)
     rows = rowsmod.build_rows(src, year, _Reader(con), convert_q29_percentage=convert_q29_percentage,
-                              establishment_scope=scope, year_fallback=None)
+                              establishment_scope=scope, year_fallback=None, calendar_year=calendar)
     return plan_for_rows(rows, src, con, as_of, establishment_scope=scope)
 
 
@@ -150,8 +159,8 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     """Plan, prove and reconcile already-built rows (``plan_sync``'s second half). Read-only.
 
     Separate so a test can hand in rows a broken builder made and see the proofs catch them."""
-    year = years.current_year(as_of)
-    labels = run_years(year, con)
+    year, calendar = years.running_years(as_of)
+    labels = run_years(year, con, calendar)
     est_ids = _establishment_ids(con, establishment_scope)
     tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
               "question_responses": rows.question_responses}
@@ -164,7 +173,7 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     archived = planmod.archived_years(con)
     drift = sync_checks.drift(con, desired, labels, anchored)
     checks = sync_checks.proofs(con, src, rows, desired, plan, drift, labels=labels, archived=archived,
-                                est_ids=est_ids, anchored=anchored)
+                                est_ids=est_ids, anchored=anchored, running=(year, calendar))
     checks.append(sync_checks.label_proof(relabels))
     unsyncable = sync_checks.unsyncable(rows)
     return SyncPlan(year, as_of, labels, plan, desired, rows, checks, drift, unsyncable, src.summary(), archived,
@@ -230,9 +239,10 @@ def _totals(plan_counts: dict) -> dict[str, int]:
 
 
 def previous_counts(con: Any) -> dict | None:
-    """Totals of the last sync_check run that applied or planned cleanly (for the policy). Read-only."""
+    """Totals of the last sync_check run that applied, found no changes or (older ledgers) planned
+    cleanly, for the policy. Read-only."""
     hist = sync_history(con)
-    ok = hist[hist["status"].isin(["applied", "planned"])]
+    ok = hist[hist["status"].isin(["applied", NO_CHANGES, "planned"])]
     return None if ok.empty else ok.iloc[0].to_dict()
 
 
@@ -286,7 +296,11 @@ def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
 def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str, policy: dict | None = None,
                target_kind: str | None = None, parameters: dict | None = None, backup_dir: Any = None,
                recompute: Any = None) -> SyncResult:
-    """Apply ``sp`` through the guard, or refuse and write nothing. Always leaves a ledger row."""
+    """Apply ``sp`` through the guard, or refuse and write nothing; with an approval, a ledger row always.
+
+    No approval (``approve=""``, a plan-only run): nothing is written at all, so it works on a read-only
+    connection; the result is ``planned``. An approved plan that changes nothing is not handed to the
+    guard: its ledger row says ``no changes`` (module docstring)."""
     common = {"run_id": run_id, "actor": actor, "target_kind": target_kind, "parameters": parameters}
     decision = policy_decision(con, sp, policy) if approve == "policy" else {}
     reasons = ([f"proof failed: {c['name']}" for c in sp.checks if not c["passed"]]
@@ -297,11 +311,12 @@ def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str,
     if approve == "policy":
         reasons = decision["reasons"]
     elif not approve:
-        record_run(con, sp, status="planned", **common)
         return SyncResult(run_id, "planned")
     if reasons:
         record_run(con, sp, status="refused", error="; ".join(reasons), extra={"policy": decision}, **common)
         return SyncResult(run_id, "refused", reasons, policy=decision)
+    if sp.plan.is_empty:
+        return _no_changes(con, sp, approve, decision, common)
     guard_kw = {"runbook": RUNBOOK, "actor": actor, "parameters": parameters, "target_kind": target_kind,
                 "backup_dir": backup_dir, "recompute": recompute_statistics if recompute is None else recompute}
     try:
@@ -313,6 +328,18 @@ def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str,
         record_run(con, sp, status="failed", error=str(exc), **common)
         raise
     return SyncResult(run_id, "applied", applied=result.applied, policy=decision)
+
+
+def _no_changes(con: Any, sp: SyncPlan, approve: str, decision: dict, common: dict) -> SyncResult:
+    """The ledger row of an approved plan that changes nothing; a fingerprint that is not this plan's is
+    refused as the guard refuses it (``failed``, raised). Writes the ledger only."""
+    if approve not in ("auto", "policy", sp.fingerprint):
+        exc = GuardRefused(f"The plan changed since it was approved (approved {approve[:12]}…, now "
+                           f"{sp.fingerprint[:12]}…): nothing was written. Re-plan, review, approve again.")
+        record_run(con, sp, status="failed", error=str(exc), **common)
+        raise exc
+    record_run(con, sp, status=NO_CHANGES, extra={"policy": decision} if decision else None, **common)
+    return SyncResult(common["run_id"], NO_CHANGES, policy=decision)
 
 
 def recompute_statistics(con: Any, dialect: str, labels: list[str], establishment_ids: list[str] | None) -> None:

@@ -6,10 +6,12 @@ F11): per row ``missing`` (in the source, not the database), ``extra`` (in the d
 source), ``changed`` (with the changed columns) or ``unchanged``; rolled up per student
 (``new``/``changed``/``unchanged``/``extra``) and per table × establishment × cycle.
 
-``proofs`` re-derives, independently of the rule chains that built the rows, the six facts the
+``proofs`` re-derives, independently of the rule chains that built the rows, the facts the
 verdict rests on (DOMAIN.md §2): no archived year (plus the plan's refusals), every year from the
 record's own date (F1), one year per student and cycle across scores and answers (F8), no F10 cycle
-copy, no other year's student row changed (F2), deletions only in the current year and scope (F16).
+copy, no other year's student row changed (F2), deletions only in the current year and scope (F16),
+and, per establishment, every row written in that school's own running year, which is not archived
+(UK rule: the UK year of ``as_of``; calendar-year schools: the calendar year of ``as_of``, DOMAIN.md §4).
 Each is ``{"name", "passed", "figures", "detail"}``, as ``runbook.Run.check`` takes it.
 """
 
@@ -334,8 +336,10 @@ def _check(name: str, passed: bool, figures: dict, detail: str) -> dict:
 
 
 def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift, *, labels: list[str],
-           archived: list[str], est_ids: list[str] | None, anchored: list[tuple[str, str]] = ()) -> list[dict]:
-    """The six proofs of issue 5 item 3, each with its figures. Read-only."""
+           archived: list[str], est_ids: list[str] | None, anchored: list[tuple[str, str]] = (),
+           running: tuple[str, str] | None = None) -> list[dict]:
+    """The proofs (module docstring), each with its figures; ``running`` = (UK running year, calendar
+    running year) adds the per-establishment proof. Read-only."""
     dc = duckwork.connect()
     for table in KEYS:
         dc.register(table, desired.tables[table])
@@ -343,8 +347,38 @@ def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift
     dc.register("built_scores", rows.vespa_scores)
     dc.register("ests", fetch_arrow(con, "SELECT CAST(id AS TEXT) AS id, knack_id, is_australian, use_standard_year "
                                          "FROM establishments"))
-    return [_archived(dc, plan, archived), _own_dates(dc, rows), _one_year(dc), _no_f10(dc, src, rows),
-            _other_years(dc, plan, labels, rows), _deletions(plan, drift_, labels, est_ids, list(anchored))]
+    out = [_archived(dc, plan, archived), _own_dates(dc, rows), _one_year(dc), _no_f10(dc, src, rows),
+           _other_years(dc, plan, labels, rows), _deletions(plan, drift_, labels, est_ids, list(anchored))]
+    if running is not None:
+        dc.register("built_answers", rows.question_responses)
+        out.append(_running_year_per_establishment(dc, running, archived))
+    return out
+
+
+def _running_year_per_establishment(dc: duckdb.DuckDBPyConnection, running: tuple[str, str],
+                                    archived: list[str]) -> dict:
+    """Each school's own current year (DOMAIN.md §4): every row built from the source (students,
+    scores, answers) carries its establishment's running year, and no school's running year is archived."""
+    uk, calendar = running
+    rule = "coalesce(e.is_australian AND e.use_standard_year = false, false)"
+    parts = " UNION ALL ".join(f"SELECT '{t}' AS tbl, email, academic_year FROM {v}" for t, v in
+                               (("students", "built_students"), ("vespa_scores", "built_scores"),
+                                ("question_responses", "built_answers")))
+    per = dc.execute(f"""SELECT e.knack_id, CASE WHEN {rule} THEN ? ELSE ? END AS running,
+            count(*) FILTER (r.tbl = 'students') AS students, count(*) AS rows,
+            count(*) FILTER (r.academic_year <> CASE WHEN {rule} THEN ? ELSE ? END) AS other_year
+        FROM ({parts}) r JOIN built_students s ON s.email = r.email
+        LEFT JOIN ests e ON e.id = CAST(s.establishment_id AS VARCHAR)
+        GROUP BY 1, 2 ORDER BY 1""", [calendar, uk, calendar, uk]).fetchall()
+    schools = {k or "(none)": {"running_year": y, "students": int(n), "rows": int(m), "rows_in_another_year": int(o),
+                               "running_year_archived": y in archived} for k, y, n, m, o in per}
+    wrong = sum(v["rows_in_another_year"] for v in schools.values())
+    closed = sorted({v["running_year"] for v in schools.values() if v["running_year_archived"] and v["rows"]})
+    figures = {"uk_running_year": uk, "calendar_running_year": calendar, "rows_in_another_year": wrong,
+               "archived_running_years_written": closed, "establishments": schools}
+    return _check("running_year_per_establishment", not wrong and not closed, figures,
+                  f"every row written carries its school's running year ({uk} UK rule, {calendar} calendar-year "
+                  "schools), none of them archived")
 
 
 def _archived(dc: duckdb.DuckDBPyConnection, plan: Any, archived: list[str]) -> dict:

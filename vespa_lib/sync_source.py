@@ -49,8 +49,11 @@ class SyncSource:
 
 
 def source_window(year: str) -> tuple[date, date]:
-    """Dates whose records can belong to UK year ``year``: its own bounds plus the calendar year
-    counted in it (``Y/Y`` counts in ``Y/Y+1``, DOMAIN.md §4), both ends inclusive (F12)."""
+    """Dates whose records can belong to UK year ``year`` = ``Y/Y+1`` or to a calendar-year school's
+    running year during it, both ends inclusive (F12): 1 January Y to 31 July Y+1. From August to
+    December the calendar schools run ``Y/Y``; from January to July ``Y+1/Y+1``, whose days up to any
+    ``as_of`` of the UK year lie inside the window too (DOMAIN.md §4). Records of the calendar year
+    closed on 1 January are read and set aside as ``stale_date``, never dropped unseen."""
     first, last = years.year_bounds(year)
     return date(first.year, 1, 1), last
 

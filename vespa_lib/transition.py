@@ -10,14 +10,23 @@ its dates and current (every other row not current), the ledger completed with t
 the checksums of N's slices (later validations compare them: frozen). Undo is the guard's
 ``plan_undo``/``apply_undo`` (the ledger row carries ``statistics_years`` and the backups).
 
+**Two boundaries** (DOMAIN.md §4, docs/YEARLY_PROCEDURE.md): on 1 August the UK year ``Y/Y+1`` closes
+(with the calendar year ``Y/Y`` counted in it, when that one was not closed on its own 1 January) and
+``Y+1/Y+2`` opens; on 1 January the calendar year ``Y/Y`` of the calendar-year schools closes alone:
+its rows are marked archived and its ``academic_years`` row archived, no year is opened and the UK
+current year is untouched (calendar years are never ``is_current``). The final statistics of a
+calendar year are those of its benchmark year ``Y/Y+1``, which is recomputed (and backed up for undo).
+``close_year`` defaults to the year whose end is the latest boundary before ``as_of``
+(:func:`vespa_lib.years.year_to_close`): a running year, UK or calendar, is never closed.
+
 Extension of the guard (reported): ``guard.apply_plan`` recomputes statistics only when data rows
 change and cannot insert an ``academic_years`` row for N+1, so this module composes the guard's own
 steps (``_lock``, ``_open_run``, ``_snapshot_stats``, ``_mark_archived``, ``_close_run``) instead.
 
 **Refusal rule while the sync has unapplied changes for N** (decided here): the last sync_check
-ledger row naming N must be ``planned`` with zero planned changes, or ``applied`` with every table of
-every label now equal to its source counts. No such row refuses too. ``require_clean_sync=False``
-waives the rule on DuckDB rehearsals only.
+ledger row naming N must be ``applied`` or ``no changes`` with every table of every label now equal to
+its source counts, or (older ledgers) ``planned`` with zero planned changes. No such row refuses too.
+``require_clean_sync=False`` waives the rule on DuckDB rehearsals only.
 """
 
 from __future__ import annotations
@@ -48,8 +57,9 @@ from .transition_checks import (  # noqa: F401 - re-exported API
 from .transition_dashboard import dashboard_year_switching, national_benchmarks_complete  # noqa: F401
 from .transition_ledger import DATA_TABLES, live_counts, year_counts
 
-__all__ = ["MODES", "RUNBOOK", "STATE_TABLES", "Rollover", "apply_rollover", "close_year_for", "frozen_checksums",
-           "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "sync_readiness", "validate_all"]
+__all__ = ["MODES", "RUNBOOK", "STATE_TABLES", "Rollover", "apply_rollover", "close_year_for", "committed_message",
+           "frozen_checksums", "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "sync_readiness",
+           "validate_all", "written_record"]
 
 RUNBOOK = "year_transition"
 MODES = ("validate", "rollover")
@@ -97,14 +107,25 @@ def validate_all(con: Any, as_of: date, *, expected: dict | None = None, window_
 
 
 def close_year_for(as_of: date, close_year: str = "") -> str:
-    """``close_year`` canonicalised, or the UK year before ``as_of``'s year (1 August: the year just ended)."""
+    """``close_year`` canonicalised (a UK year, or a calendar year ``Y/Y`` closed on its own), or the year
+    whose end is the latest boundary before ``as_of``: from 1 August the UK year just ended, from
+    1 January the calendar year just ended (:func:`vespa_lib.years.year_to_close`)."""
     if close_year:
-        label = years.canonical(close_year)
-        if years.is_calendar_label(label):
-            raise ParameterError(f"close_year {close_year!r} is a calendar year: close the UK year it is counted in, "
-                                 f"{years.benchmark_year(label)!r}; its calendar year is archived with it.")
-        return label
-    return years.previous_year(years.current_year(as_of))
+        try:
+            return years.canonical(close_year)
+        except years.YearError as exc:
+            raise ParameterError(f"close_year: {exc}") from None
+    return years.year_to_close(as_of)
+
+
+def _opening(close: str) -> str | None:
+    """The year a rollover opens: N+1 after a UK year; none after a calendar year (1 January)."""
+    return None if years.is_calendar_label(close) else years.next_year(close)
+
+
+def _statistics_years(close: str) -> list[str]:
+    """The UK (benchmark) years whose statistics a rollover recomputes: N, or ``Y/Y+1`` for ``Y/Y``."""
+    return [years.benchmark_year(close)]
 
 
 def frozen_checksums(con: Any, labels: list[str]) -> dict[str, str]:
@@ -133,18 +154,18 @@ def sync_readiness(con: Any, close: str, *, require_clean_sync: bool = True) -> 
             raise ParameterError("require_clean_sync=False is for DuckDB rehearsals only: on PostgreSQL the year "
                                  "closes only after a clean sync. Run sync_check, apply it, then roll over.")
         return {"passed": True, "detail": "waived (DuckDB rehearsal, require_clean_sync=False)", "run_id": None}
-    sync = last_sync(con, close, statuses=("applied", "planned", "failed", "refused"))
+    sync = last_sync(con, close, statuses=("applied", "no changes", "planned", "failed", "refused"))
     if sync is None:
         return {"passed": False, "run_id": None, "detail": f"no sync_check run for {close} in the ledger: run "
                 "sync_check for the year being closed and apply it first"}
     if sync.status == "planned":
         ok = sync.changes() == 0
         why = "planned with no change" if ok else f"planned with {sync.changes()} change(s) not applied"
-    elif sync.status == "applied":
+    elif sync.status in ("applied", "no changes"):
         diff = [f"{label} {t}" for label in sync.labels() if years.is_canonical(label)
                 for t, n in (year_counts(sync, label) or {}).items() if t in DATA_TABLES
                 and live_counts(con, label)[t] != n]
-        ok, why = not diff, "applied; the year equals its source" if not diff else f"applied, but {diff} differ since"
+        ok, why = not diff, f"{sync.status}; the year equals its source" if not diff else f"{sync.status}, but {diff} differ since"
     else:
         ok, why = False, f"the last sync_check run was {sync.status}"
     return {"passed": ok, "run_id": sync.run_id, "detail": f"{why} (run {sync.run_id})"}
@@ -171,7 +192,7 @@ class Rollover:
     """What closing ``close`` and opening ``open`` would change, whether it may, and its fingerprint."""
 
     close: str
-    open: str
+    open: str | None  # None: a calendar year closes on 1 January and opens nothing
     labels: list[str]
     as_of: date
     readiness: pd.DataFrame
@@ -197,15 +218,22 @@ class Rollover:
 
 
 def _labels(con: Any, close: str) -> list[str]:
-    calendar = f"{close[:4]}/{close[:4]}"  # DOMAIN.md §4: Y/Y is counted in Y/Y+1 and closes with it
+    """The labels a rollover archives: a calendar year alone; a UK year ``Y/Y+1`` with ``Y/Y`` when that has
+    rows (normally closed already on 1 January; archived here if that close was missed). ``Y/Y`` ended on
+    31 December, before ``Y/Y+1`` did: the calendar year running on 1 August (``Y+1/Y+1``) is never included."""
+    if years.is_calendar_label(close):
+        return [close]
+    calendar = f"{close[:4]}/{close[:4]}"  # DOMAIN.md §4: Y/Y is counted in Y/Y+1
     used = any(scalar(con, f"SELECT count(*) FROM {t} WHERE academic_year = ?", [calendar]) for t in STATE_TABLES)
     return [close, calendar] if used else [close]
 
 
-def _year_changes(con: Any, labels: list[str], opening: str) -> dict[str, int]:
+def _year_changes(con: Any, labels: list[str], opening: str | None) -> dict[str, int]:
     rows = {y: (a, c, s) for y, a, c, s in run(con, "SELECT academic_year, is_archived, is_current, start_date "
                                                        "FROM academic_years")}
     archive = sum(1 for y in labels if y not in rows or not rows[y][0] or rows[y][1])
+    if opening is None:  # 1 January: the UK current year and every other row stay as they are
+        return {"archive": archive, "open_insert": 0, "open_update": 0, "uncurrent": 0}
     nxt = rows.get(opening)
     if nxt is not None and nxt[0]:
         raise GuardRefused(f"{opening} is archived, so it cannot become the current year: nothing was written. "
@@ -221,10 +249,10 @@ def _mark_counts(con: Any, labels: list[str]) -> dict[str, int]:
 
 
 def _core(con: Any, close: str, as_of: date, require_clean_sync: bool) -> Rollover:
-    opening, labels = years.next_year(close), _labels(con, close)
+    opening, labels = _opening(close), _labels(con, close)
     counts = {"mark": _mark_counts(con, labels), "academic_years": _year_changes(con, labels, opening)}
     whole = checksum_expr([row_text_expr(con, "academic_years", "t")])
-    state = {**state_digest(con, [*labels, opening]),
+    state = {**state_digest(con, [*labels, *([opening] if opening else [])]),
              **{f"slice.{k}": v for k, v in frozen_checksums(con, labels).items()},
              "academic_years.all": scalar(con, f"SELECT {whole} FROM academic_years t")}
     readiness = _readiness(con, close, as_of, require_clean_sync)
@@ -242,7 +270,7 @@ def plan_rollover(con: Any, as_of: date, close_year: str = "", *, require_clean_
         with rolled_back(con):
             if dialect_of(con) == "postgres":
                 run(con, "SET TRANSACTION READ WRITE")
-            plan.statistics = stats.recompute_statistics(con, [close])["changes"]
+            plan.statistics = stats.recompute_statistics(con, _statistics_years(close))["changes"]
     return plan
 
 
@@ -271,20 +299,23 @@ def _write(con: Any, plan: Rollover, run_id: str, info: dict) -> dict:
     """The rollover's writes inside the open transaction; returns the ledger counts."""
     current_archived = [r[0] for r in run(con, "SELECT academic_year FROM academic_years WHERE is_current "
                                                "AND is_archived")]
-    guard._open_run(con, run_id, info, [*plan.labels, plan.open], sorted({*plan.labels, *current_archived}))
-    guard._snapshot_stats(con, run_id, plan.labels)
+    opened = [plan.open] if plan.open else []
+    stats_years = sorted({*plan.labels, *_statistics_years(plan.close)})  # pre-images of every slice recomputed
+    guard._open_run(con, run_id, info, [*plan.labels, *opened], sorted({*plan.labels, *current_archived}))
+    guard._snapshot_stats(con, run_id, stats_years)
     changes = ({} if plan.close in guard.archived_years(con)
-               else stats.recompute_statistics(con, [plan.close])["changes"])
+               else stats.recompute_statistics(con, _statistics_years(plan.close))["changes"])
     guard.crash_point("merge")
     marked = guard._mark_archived(con, run_id, plan.labels, {})
-    _open_next(con, run_id, plan.open, plan.labels)
+    if plan.open:
+        _open_next(con, run_id, plan.open, plan.labels)
     wrong = {t: (n, marked.get(t)) for t, n in plan.counts["mark"].items() if marked.get(t) != n}
     if wrong:
         raise ValidationFailed(["archive_markers"], f"Marked rows differ from the plan {wrong} (planned, marked): "
                                "everything was rolled back. Re-plan and investigate.")
     return {"plan": {}, "rollover": {"close": plan.close, "open": plan.open}, "marked": marked,
             "academic_years": plan.counts["academic_years"], "statistics": changes,
-            "statistics_years": plan.labels, "archive_years": plan.labels,
+            "statistics_years": stats_years, "archive_years": plan.labels,
             "year_counts": {label: live_counts(con, label) for label in plan.labels},
             "frozen_checksums": frozen_checksums(con, plan.labels), "as_of": plan.as_of.isoformat()}
 
@@ -306,10 +337,34 @@ def apply_rollover(con: Any, as_of: date, close_year: str = "", *, approve: str,
             raise GuardRefused(f"Refusing to close {close}: " + "; ".join(f"{r.check}: {r.detail}"
                                for r in failed.itertuples()) + ". Nothing was written.")
         if plan.is_empty:
-            raise GuardRefused(f"{close} is already closed and {plan.open} open: nothing to do, nothing written.")
+            opened = f" and {plan.open} open" if plan.open else ""
+            raise GuardRefused(f"{close} is already closed{opened}: nothing to do, nothing written.")
         info = {"runbook": RUNBOOK, "actor": actor, "parameters": parameters, "target_kind": target_kind
                 or dialect_of(con), "fingerprint": plan.fingerprint}
         counts = _write(con, plan, run_id, info)
         guard._close_run(con, run_id, counts)
         guard.crash_point("before_commit")
     return counts
+
+
+# --- after the commit -----------------------------------------------------------------------------
+
+
+def written_record(applied: dict, run_id: str) -> dict:
+    """What a committed rollover wrote, for the run's manifest (``written``): the run id to undo it by,
+    the years closed and opened, rows marked archived per table, ``academic_years`` changes and the
+    statistics rows recomputed. Pure."""
+    statistics = {t: ops for t, ops in (applied.get("statistics") or {}).items() if any((ops or {}).values())}
+    return {"run_id": run_id, "rollover": applied["rollover"], "marked": applied["marked"],
+            "academic_years": applied["academic_years"], "statistics": statistics,
+            "undo": f"vespa-ops undo {run_id} --target <the same target>"}
+
+
+def committed_message(applied: dict, run_id: str) -> str:
+    """The sentence a run prints as soon as its rollover committed: it is applied, whatever a later check
+    says, so nobody undoes or repeats a good rollover by mistake. Pure."""
+    r = applied["rollover"]
+    return (f"APPLIED: the rollover committed as run {run_id}: {r['close']} closed (archived), {r['open']} open and "
+            f"current; {sum(applied['marked'].values()):,} rows marked archived. The checks below verify it: if one "
+            "fails, the rollover stays applied; do not repeat it, and undo it only on purpose "
+            f"(vespa-ops undo {run_id}).")

@@ -31,7 +31,7 @@ __all__ = ["OK_SYNC", "CheckResult", "archived_counts_match_ledger", "archived_r
            "archived_years", "canonical_year_labels", "current_year", "current_year_matches_last_sync",
            "last_sync", "sync_ran_every_night"]
 
-OK_SYNC = ("applied", "planned")  # a sync_check run that ran to the end (read-only or applied)
+OK_SYNC = ("applied", "no changes", "planned")  # a sync_check run that ran to the end (planned: older ledgers)
 FAILED_SYNC = ("failed", "refused", "applying")  # refused: a proof or the policy stopped it
 WRITERS = ("import", "year_transition")
 

@@ -93,28 +93,63 @@ def _read_year(con: Any, labels: list[str]) -> tuple[pd.DataFrame, pd.DataFrame,
     return scores, answers, students
 
 
-def _same(a: Any, b: Any) -> bool:
+def column_scales(con: Any, table: str) -> dict[str, int]:
+    """Decimal places of each fixed-point (numeric/decimal) column of ``table``, from the catalog.
+    Production stores statistics as decimal(4,2) (DOMAIN.md §6 as production has it); double
+    columns have no scale and are compared at full precision. Read-only."""
+    rows = run(con, "SELECT column_name, numeric_scale FROM information_schema.columns WHERE table_name = ? "
+                    "AND table_schema IN ('public', 'main') AND (lower(data_type) LIKE ? OR lower(data_type) LIKE ?)",
+               [table, "numeric%", "decimal%"])
+    return {name: int(scale) for name, scale in rows if scale is not None}
+
+
+def _difference(a: Any, b: Any) -> float | None:
+    """|a - b| for two numbers, 0.0 for equal lists or two missing values, None when they cannot match."""
     if isinstance(a, list) or isinstance(b, list):
-        return list(a or []) == list(b or [])
-    if a is None or b is None or (isinstance(a, float) and math.isnan(a)) or (isinstance(b, float) and math.isnan(b)):
-        return (a is None or pd.isna(a)) and (b is None or pd.isna(b))
-    return abs(float(a) - float(b)) <= _TOL * max(1.0, abs(float(b)))
+        return 0.0 if list(a or []) == list(b or []) else None
+    a_missing = a is None or (isinstance(a, float) and math.isnan(a)) or pd.isna(a)
+    b_missing = b is None or (isinstance(b, float) and math.isnan(b)) or pd.isna(b)
+    if a_missing or b_missing:
+        return 0.0 if a_missing and b_missing else None
+    return abs(float(a) - float(b))
 
 
-def _compare(db: pd.DataFrame, ref: pd.DataFrame, keys: list[str]) -> dict[str, int]:
-    """Rows missing from the database, extra in it, and rows whose values differ."""
+def _tolerance(b: Any, scale: int | None) -> float:
+    """Allowed |stored - recomputed|: half a unit of the column's last decimal place (the database
+    rounded the value when it stored it), plus a relative 1e-6 for floating point."""
+    rounding = 0.5 * 10.0 ** -scale if scale is not None else 0.0
+    return rounding + _TOL * max(1.0, abs(float(b)))
+
+
+def _compare(db: pd.DataFrame, ref: pd.DataFrame, keys: list[str], scales: dict[str, int] | None = None) -> dict:
+    """Rows missing from the database, extra in it, rows whose values differ beyond the column's
+    precision, and the largest numeric difference found (whatever the precision)."""
+    scales = scales or {}
     norm = {k: (lambda s: s.map(str)) for k in keys}
     left = db.assign(**{k: f(db[k]) for k, f in norm.items()}).set_index(keys)
     right = ref.assign(**{k: f(ref[k]) for k, f in norm.items()}).set_index(keys)
     common = left.index.intersection(right.index)
     values = [c for c in right.columns if c in left.columns]
-    differing = sum(1 for key in common if not all(_same(left.at[key, c], right.at[key, c]) for c in values))
+    differing, largest = 0, 0.0
+    for key in common:
+        bad = False
+        for c in values:
+            a, b = left.at[key, c], right.at[key, c]
+            diff = _difference(a, b)
+            if diff is None:
+                bad = True
+                continue
+            if not isinstance(a, list) and not isinstance(b, list):
+                largest = max(largest, diff)
+                bad = bad or diff > _tolerance(b, scales.get(c))
+        differing += bad
     return {"db_rows": len(left), "recomputed_rows": len(right), "missing": len(right.index.difference(left.index)),
-            "extra": len(left.index.difference(right.index)), "differing": differing}
+            "extra": len(left.index.difference(right.index)), "differing": differing, "largest_difference": largest}
 
 
 def _statistics_rows(con: Any, bench_years: list[str]) -> list[dict]:
     out = []
+    scales = {t: column_scales(con, t) for t in ("school_statistics", "national_statistics")}
     for year in bench_years:
         school, national = stats.statistics_frame(con, year)
         ref_school, ref_national = stats.independent_statistics(*_read_year(con, [year, f"{year[:4]}/{year[:4]}"]), year)
@@ -122,7 +157,7 @@ def _statistics_rows(con: Any, bench_years: list[str]) -> list[dict]:
                                                                                  "academic_year", "element"]),
                                      ("national_statistics", national, ref_national, ["cycle", "academic_year",
                                                                                       "element"])):
-            cmp = _compare(db, ref, keys)
+            cmp = _compare(db, ref, keys, scales[table])
             out.append({"academic_year": year, "part": table, **cmp,
                         "passed": cmp["missing"] == cmp["extra"] == cmp["differing"] == 0})
     return out
@@ -143,16 +178,34 @@ def dashboard_year_switching(con: Any) -> CheckResult:
     bench = sorted({y for y in set(with_scores) | {_benchmark(y) for y in listed} if y})
     rows += _statistics_rows(con, bench)
     frame = pd.DataFrame(rows, columns=["academic_year", "part", "listed", "db_rows", "recomputed_rows", "missing",
-                                        "extra", "differing", "passed"])
+                                        "extra", "differing", "largest_difference", "passed"])
     bad = frame[~frame["passed"].astype(bool)]
+    largest = float(frame["largest_difference"].max()) if frame["largest_difference"].notna().any() else 0.0
+    precision = {f"{t}.{c}": s for t in ("school_statistics", "national_statistics")
+                 for c, s in column_scales(con, t).items()}
+    at = (f"compared at each column's precision ({_precision_text(precision)}); largest difference {largest:.6g}")
     detail = (f"year list {listed} covers every year with scores; {len(frame)} views checked, each from its own "
-              "year's rows only and equal to the recomputation" if bad.empty else
+              f"year's rows only and equal to the recomputation, {at}" if bad.empty else
               "; ".join(f"{r.academic_year} {r.part}" + (f" (missing {r.missing}, extra {r.extra}, differing "
                                                          f"{r.differing})" if "statistics" in r.part else "")
-                        for r in bad.head(8).itertuples()))
+                        for r in bad.head(8).itertuples()) + f"; {at}")
     return CheckResult("dashboard_year_switching", bad.empty, frame,
-                       {"year_list": listed, "years_with_scores": sorted(with_scores), "problems": len(bad)},
+                       {"year_list": listed, "years_with_scores": sorted(with_scores), "problems": len(bad),
+                        "largest_statistics_difference": largest, "statistics_precision": precision},
                        detail, {"answers per school, year and cycle": cohort})
+
+
+def _precision_text(precision: dict[str, int]) -> str:
+    """``mean, std_dev: 2 decimals; skewness: 3 decimals`` (columns named once), or full precision."""
+    if not precision:
+        return "full precision: no fixed-point statistics columns"
+    by_scale: dict[int, list[str]] = {}
+    for name, scale in precision.items():
+        column = name.split(".", 1)[1]
+        if column not in by_scale.setdefault(scale, []):
+            by_scale[scale].append(column)
+    return "; ".join(f"{', '.join(cols)}: {s} decimals" for s, cols in sorted(by_scale.items())) + \
+        ", other columns at full precision"
 
 
 # --- national benchmarks ---------------------------------------------------------------------------

@@ -24,11 +24,13 @@ __all__ = [
     "is_canonical",
     "next_year",
     "previous_year",
+    "running_years",
     "uk_year_sql",
     "uses_calendar_year",
     "year_bounds",
     "year_end",
     "year_start",
+    "year_to_close",
 ]
 
 # DOMAIN.md §4: dates are UK local dates; timestamps are converted to Europe/London first.
@@ -132,6 +134,28 @@ def current_year(
 ) -> str:
     """The academic year containing ``as_of``. ``as_of`` is mandatory: this never reads the clock (F13)."""
     return academic_year_for(as_of, is_australian=is_australian, use_standard_year=use_standard_year)
+
+
+def running_years(as_of: date | datetime) -> tuple[str, str]:
+    """(UK-rule running year, calendar-year schools' running year) on ``as_of``.
+
+    Each school has its own current year (DOMAIN.md §4): on 15/03/2026 a UK-rule school is in
+    ``2025/2026`` and a calendar-year school in ``2026/2026``. Its year starts in late January, but a
+    completion between 1 January and that start still belongs to the calendar year of its own date
+    (a record's year always comes from its own date), so the calendar running year is simply the
+    calendar year of ``as_of``."""
+    uk = current_year(as_of)
+    return uk, current_year(as_of, is_australian=True, use_standard_year=False)
+
+
+def year_to_close(as_of: date | datetime) -> str:
+    """The year whose end was the latest year boundary on or before ``as_of``: from 1 August to
+    31 December the UK year that ended on 31 July; from 1 January to 31 July the calendar year that
+    ended on 31 December (closed on 1 January for calendar-year schools only)."""
+    day = _uk_local_date(as_of)
+    if day.month >= UK_START_MONTH:
+        return f"{day.year - 1}/{day.year}"
+    return f"{day.year - 1}/{day.year - 1}"
 
 
 def benchmark_year(label: str) -> str:

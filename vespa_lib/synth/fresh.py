@@ -13,8 +13,11 @@ existing one), edited scores, students deleted from Knack, stale records dated i
 and the decoding quirks. Outcome rules (the import chains of docs/ARCHITECTURE.md for the year N of
 ``as_of``): email → establishment (object_6 account, then unambiguous email domain) → date (blank →
 ``no_date``, unparseable → ``bad_date``, benchmark year before N → ``stale_date``, after N →
-``outside_current_year``) → scores (F10 copies dropped, none left → ``no_scores``). Calendar-year
-schools are dated in calendar N's first year, so they sync as ``Y/Y`` (counted in N).
+``outside_current_year``; each school against its own running year) → scores (F10 copies dropped,
+none left → ``no_scores``). Calendar-year schools' current records are dated in the calendar year of
+``as_of`` (from the school's late-January start, or 1 January, to the day before ``as_of``), so they
+sync as that running year ``Y/Y`` (on 2026-03-15: ``2026/2026``, counted nationally in ``2026/2027``);
+the database's current year is read under both running labels.
 
 Drift of a synced record, keyed ``(email, academic_year)`` like production: ``new`` (no such
 student), ``changed`` (``changed_columns``: ``students.<col>``, ``vespa_scores.c<k>.<col>`` or
@@ -70,12 +73,24 @@ STUDENT_ATTRS = ("knack_id", "name", "establishment_id", "year_group", "course",
 class DbYear:
     """The database's current year as read (read-only): students, their score and answer rows."""
 
-    year: str
+    year: str  # the UK running year; calendar-year schools run ``calendar``
     schools: dict[str, School]  # uuid -> school
     students: list[dict]
     scores: dict[str, dict[int, tuple]]  # student id -> cycle -> (six scores, date, label)
     answers: dict[str, dict[int, tuple[str, dict[str, int]]]]  # id -> cycle -> (label, q -> value)
     domains: dict[str, set[str]] = field(default_factory=dict)
+    calendar: str = ""  # the calendar-year schools' running year (the calendar year of as_of)
+
+
+# DOMAIN.md §4: a calendar-year school's year starts in late January.
+CALENDAR_START = (1, 26)
+
+
+def calendar_window(as_of: date) -> tuple[date, date]:
+    """Days a calendar-year school's current record may carry: its late-January start (1 January
+    when ``as_of`` is earlier) to the day before ``as_of``, all in the calendar year of ``as_of``."""
+    hi = max(as_of - timedelta(days=1), date(as_of.year, 1, 1))
+    return min(date(as_of.year, *CALENDAR_START), hi), hi
 
 
 @dataclass
@@ -99,7 +114,7 @@ def read_db(path: Path, as_of: date) -> DbYear:
     con = duckdb.connect(str(path), read_only=True)
     try:
         cur = [r[0] for r in con.execute("SELECT academic_year FROM academic_years WHERE is_current").fetchall()]
-        year = years.current_year(as_of)
+        year, calendar = years.running_years(as_of)
         if cur != [year]:
             raise ParameterError(f"as_of {as_of} is in {year} but the database's current year is {cur}. "
                                  "Pass an as_of date inside the database's current year.")
@@ -113,12 +128,12 @@ def read_db(path: Path, as_of: date) -> DbYear:
         for r in rows:
             r["id"], r["establishment_id"] = str(r["id"]), str(r["establishment_id"])
             domains.setdefault(r["email"].rsplit("@", 1)[1], set()).add(r["establishment_id"])
-        students = [r for r in rows if _canonical(r["academic_year"]) == year]
-        # F11: every spelling of the year counts as the year (values bound as parameters)
+        students = [r for r in rows if _canonical(r["academic_year"]) in (year, calendar)]
+        # F11: every spelling of the running years counts as them (values bound as parameters)
         labels = [x for (x,) in con.execute("SELECT DISTINCT academic_year FROM students UNION "
                                             "SELECT DISTINCT academic_year FROM vespa_scores UNION "
                                             "SELECT DISTINCT academic_year FROM question_responses").fetchall()
-                  if _canonical(x) == year]
+                  if _canonical(x) in (year, calendar)]
         mine = "FROM {t} t JOIN students s ON s.id = t.student_id AND list_contains($1, s.academic_year) " \
                "WHERE list_contains($1, t.academic_year)"
         scores: dict[str, dict[int, tuple]] = {}
@@ -134,7 +149,7 @@ def read_db(path: Path, as_of: date) -> DbYear:
             answers.setdefault(sid, {})[c] = (label, dict(zip(qs, vs, strict=True)))
     finally:
         con.close()
-    return DbYear(year, schools, students, scores, answers, domains)
+    return DbYear(year, schools, students, scores, answers, domains, calendar)
 
 
 def read_snapshot_truth(path: Path) -> list[dict[str, str]]:
@@ -242,8 +257,9 @@ def _plan_db_students(plan: Plan, db: DbYear, snap: dict[str, dict], rng: random
             s.n_cycles, latest = 2, _day(rng, max(first + timedelta(days=150), latest), as_of - timedelta(days=1))
         elif kind == "f10_copy":
             s.bucket = "f10_copy"  # csvwrite: the current cycle copied into cycles 2 and 3 (F10)
-        if latest and _calendar(school):
-            latest = min(latest, date(first.year, 12, 20))  # calendar schools: dated in calendar N's first year
+        if latest and _calendar(school):  # calendar schools: dated in their running year (the calendar year of as_of)
+            lo, hi = calendar_window(as_of)
+            latest = latest if lo <= latest <= hi else lo + timedelta(days=(latest - first).days % ((hi - lo).days + 1))
         _date_cell(rng, s, latest)
         s.quirks.add(kind)
         plan.add(Record(s, kind, row), answers, scores)
@@ -286,7 +302,7 @@ def _new_student(plan: Plan, rng: random.Random, nprng: np.random.Generator, sch
     s.o29_link = rng.choices(("id", "email"), weights=(55, 45))[0]
     s.o29_email = rng.random() < 0.45
     answers, scores = _answers_and_scores(nprng, [s])
-    _date_cell(rng, s, _day(rng, lo + timedelta(days=40 * s.n_cycles), hi))
+    _date_cell(rng, s, _day(rng, min(lo + timedelta(days=40 * s.n_cycles), hi), hi))
     s.quirks.add(kind)
     plan.add(Record(s, kind), answers[0], scores[0])
     return s
@@ -309,8 +325,8 @@ def _plan_new(plan: Plan, db: DbYear, snap: dict[str, dict], rng: random.Random,
     k_re = max(3, round(0.01 * len(db.students)))
     for j, email in enumerate(rng.sample(pool, min(k_re, len(pool)))):  # same email, new record id (F2)
         school = by_knack[snap[email]["true_establishment_knack_id"]]
-        day_hi = min(hi, date(lo.year, 12, 20)) if _calendar(school) else hi
-        s = _new_student(plan, rng, nprng, school, n_new + j, "reenrolled_new", lo, day_hi, email)
+        day_lo, day_hi = (date(as_of.year, 1, 1), calendar_window(as_of)[1]) if _calendar(school) else (lo, hi)
+        s = _new_student(plan, rng, nprng, school, n_new + j, "reenrolled_new", day_lo, day_hi, email)
         s.first, s.last = _name(email)
     for email in rng.sample(stale_pool, min(max(3, round(0.005 * len(db.students))), len(stale_pool))):
         _plan_stale(plan, snap[email], by_knack[snap[email]["true_establishment_knack_id"]], rng, nprng,
@@ -366,8 +382,9 @@ def kept_cycles(cells: dict[str, str], day: date) -> dict[int, tuple]:
     return {c: (v, day if c == latest else None) for c, v in kept.items()}
 
 
-def decide(s: Student, cells: dict[str, str], ctx: Context, year: str) -> Decision:
-    """The sync's outcome for one object_10 record (module docstring: the rule chain)."""
+def decide(s: Student, cells: dict[str, str], ctx: Context, year: str, calendar: str = "") -> Decision:
+    """The sync's outcome for one object_10 record (module docstring: the rule chain). ``year`` is the
+    UK running year, ``calendar`` the calendar-year schools' (default: the calendar year counted in ``year``)."""
     email = knack.decode_email(s.email_cell)
     if not email.ok:
         return Decision("set_aside", "no_email" if email.reason == "blank" else "invalid_email")
@@ -381,7 +398,8 @@ def decide(s: Student, cells: dict[str, str], ctx: Context, year: str) -> Decisi
     label = years.academic_year_for(day, is_australian=school.is_australian,
                                     use_standard_year=school.use_standard_year)
     out = Decision("sync", "", label, "completion_date", school, est_rule)
-    first, current_first = int(label[:4]), int(year[:4])  # Y/Y counts in Y/Y+1 (DOMAIN.md §4)
+    own = (calendar or year) if years.is_calendar_label(label) else year  # each school's own running year
+    first, current_first = int(label[:4]), int(own[:4])
     if first != current_first:
         out.expected, out.reason = "set_aside", "stale_date" if first < current_first else "outside_current_year"
         return out
@@ -430,7 +448,7 @@ def _score_drift(dec: Decision, have: dict[int, tuple], year: str) -> tuple[list
             continue
         (six, day), (db_six, db_day, label) = dec.scores[c], have[c]
         cols = [n for n, a, b in zip(SCORE_COLUMNS, six, db_six, strict=True) if a != b]
-        cols += ["completion_date"] * (day != db_day) + ["academic_year"] * (label != year)  # F11 label
+        cols += ["completion_date"] * (day != db_day) + ["academic_year"] * (label != _canonical(label))  # F11
         tokens += [f"vespa_scores.c{c}.{n}" for n in cols]
         counts[1] += bool(cols)
     return tokens, counts
@@ -442,13 +460,14 @@ def _answer_drift(dec: Decision, have: dict[int, tuple[str, dict[str, int]]], ye
         want, (label, stored) = dec.answers.get(c, {}), have.get(c, (year, {}))
         both = want.keys() & stored.keys()
         changed = [q for q in both if want[q] != stored[q]]
-        updated = len(both) if label != year else len(changed)
+        misspelt = label != _canonical(label)  # F11: a stored spelling other than the canonical one
+        updated = len(both) if misspelt else len(changed)
         for token, n in (("insert", len(want.keys() - stored.keys())), ("delete", len(stored.keys() - want.keys()))):
             if n:
                 tokens.append(f"question_responses.c{c}:{token}")
                 counts[0 if token == "insert" else 2] += n
         tokens += [f"question_responses.c{c}.response_value"] * bool(changed)
-        tokens += [f"question_responses.c{c}.academic_year"] * (label != year and bool(both))
+        tokens += [f"question_responses.c{c}.academic_year"] * (misspelt and bool(both))
         counts[1] += updated
     return tokens, counts
 
@@ -504,7 +523,7 @@ def _write_records(export: Path, tag: str, pop: Population, plan: Plan, db: DbYe
     """Stream object_10 then object_29 with their truth rows; returns the synced (email, year) keys."""
     rng10, rng29 = random.Random(seed + 61), random.Random(seed + 62)
     cols29 = headers("object_29", False)
-    decisions = [decide(s, _score_cells(pop, r, s), ctx, db.year) for r, s in enumerate(pop.students)]
+    decisions = [decide(s, _score_cells(pop, r, s), ctx, db.year, db.calendar) for r, s in enumerate(pop.students)]
     o29 = {r: object29_student_row(pop, r, s, rng29, cols29) for r, s in enumerate(pop.students) if s.o29_link}
     for r, dec in enumerate(decisions):
         if dec.expected == "sync" and r in o29:
