@@ -174,3 +174,41 @@ def checksums(kind: str, where: str, *, schemas: tuple[str, ...] = ("public", "v
 def differing(before: dict[str, str], after: dict[str, str]) -> list[str]:
     """The tables whose checksum changed, appeared or disappeared."""
     return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def column_checksums(kind: str, where: str, table: str) -> dict[str, str]:
+    """{column: md5 of the column's sorted values} of one public table: which columns a change touched."""
+    if kind == "duckdb":
+        import duckdb  # noqa: PLC0415
+
+        con = duckdb.connect(where, read_only=True)
+        cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                          "'main' AND table_name = ? ORDER BY ordinal_position", [table]).fetchall()]
+        text = "coalesce(CAST({c} AS VARCHAR), '<null>')"
+    else:
+        import psycopg  # noqa: PLC0415
+
+        con = psycopg.connect(where, autocommit=True)
+        cols = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                                          "'public' AND table_name = %s ORDER BY ordinal_position", [table]).fetchall()]
+        text = "coalesce(CAST({c} AS TEXT), '<null>')"
+    try:
+        out = {}
+        for c in cols:
+            value = text.format(c=f'"{c}"')
+            out[c] = con.execute(f"SELECT md5(coalesce(string_agg({value}, ',' ORDER BY {value}), '')) "
+                                 f"FROM {table}").fetchone()[0]
+        return out
+    finally:
+        con.close()
+
+
+def changed_columns(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """{table: [columns whose values changed]} between two {table: column_checksums} snapshots."""
+    out = {}
+    for table in sorted(before.keys() | after.keys()):
+        b, a = before.get(table, {}), after.get(table, {})
+        cols = sorted(c for c in b.keys() | a.keys() if b.get(c) != a.get(c))
+        if cols:
+            out[table] = cols
+    return out

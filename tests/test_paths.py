@@ -24,7 +24,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from paths_support import Ops, Run, checksums, differing, plan_changes, undo_fingerprint
+from paths_support import (
+    Ops,
+    Run,
+    changed_columns,
+    checksums,
+    column_checksums,
+    differing,
+    plan_changes,
+    undo_fingerprint,
+)
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -37,6 +46,8 @@ POLICY = {"max_deletes": 50, "max_change_ratio": 0.2, "max_count_change": 0.2, "
 DRIFT_SQL = ("UPDATE vespa_scores SET vision = CASE WHEN vision >= 5 THEN vision - 1 ELSE vision + 1 END WHERE id IN "
              f"(SELECT id FROM vespa_scores WHERE academic_year = '{CURRENT}' AND vision IS NOT NULL ORDER BY id LIMIT 3)")
 DATA_ONLY = ("public",)  # a sync plan records a "planned" ledger row: its data tables must not change
+STATS = ("school_statistics", "national_statistics")
+RECOMPUTED = {"id", "calculated_at"}  # what recomputing equal statistics may renew (production's DDL)
 
 
 class Scenario:
@@ -51,6 +62,9 @@ class Scenario:
 
     def sums(self, schemas: tuple[str, ...] = ("public", "vespa_ops")) -> dict[str, str]:
         return checksums(self.kind, self.where, schemas=schemas)
+
+    def columns(self, tables=STATS) -> dict[str, dict[str, str]]:
+        return {t: column_checksums(self.kind, self.where, t) for t in tables}
 
     def needs(self, *rows: str) -> None:
         missing = [r for r in rows if r not in self.passed]
@@ -221,7 +235,7 @@ class Scenario:
         done = self.run("sync_check", **self.sync_params(mode="apply", approve=self.state["sync_plan"].fingerprint))
         assert done.code == 0 and done.manifest["status"] == "passed", done.why()
         assert done.manifest["sync_status"] == "applied" and done.checks["replan_is_empty"]["passed"]
-        self.state["after_sync"] = self.sums(DATA_ONLY)
+        self.state.update(after_sync=self.sums(DATA_ONLY), after_sync_stats=self.columns())
 
     def row_sync_check_policy(self) -> None:
         """The next night, unattended: the old scripts changed three current-year scores; the policy run
@@ -232,7 +246,10 @@ class Scenario:
         done = self.run("sync_check", **self.sync_params(mode="apply", approve="policy", policy=POLICY))
         assert done.code == 0 and done.manifest["status"] == "passed", done.why()
         assert done.manifest["sync_status"] == "applied" and done.checks["replan_is_empty"]["passed"]
-        assert differing(self.state["after_sync"], self.sums(DATA_ONLY)) == []
+        changed = differing(self.state["after_sync"], self.sums(DATA_ONLY))
+        assert not set(changed) - {f"public.{t}" for t in STATS}, f"the policy run did not restore {changed}"
+        stats = changed_columns(self.state["after_sync_stats"], self.columns())
+        assert all(set(cols) <= RECOMPUTED for cols in stats.values()), f"statistics values changed: {stats}"
 
     def row_sync_check_replan(self) -> None:
         self.needs("sync_check-apply")
@@ -261,7 +278,7 @@ class Scenario:
 
     def row_year_transition_rollover_apply(self) -> None:
         self.needs("year_transition-rollover-plan")
-        before = self.sums()
+        before, before_stats = self.sums(), self.columns()
         done = self.run("year_transition", mode="rollover", as_of=ROLL_DAY,
                         approve=self.state["rollover_plan"].fingerprint)
         assert done.code == 0 and done.manifest["status"] == "passed", done.why()
@@ -271,7 +288,7 @@ class Scenario:
             assert done.manifest["rehearsal_copy"] and changed == []
         else:
             assert "public.academic_years" in changed
-        self.state.update(rollover=done, before_rollover=before)
+        self.state.update(rollover=done, before_rollover=before, before_rollover_stats=before_stats)
 
     def row_year_transition_undo(self) -> None:
         self.needs("year_transition-rollover-apply")
@@ -281,7 +298,9 @@ class Scenario:
         code, out, err = self.ops.undo(rolled.run_id, self.target, undo_fingerprint(out))
         assert code == 0 and f"Run {rolled.run_id} undone" in out, (out, err)
         wanted = {k: v for k, v in self.state["before_rollover"].items() if k.startswith("public.")}
-        assert differing(wanted, self.sums(("public",))) == [], "the undo did not restore every table"
+        changed = differing(wanted, self.sums(("public",)))
+        columns = changed_columns(self.state["before_rollover_stats"], self.columns()) if changed else {}
+        assert changed == [], f"the undo did not restore {changed}; columns that differ: {columns}"
 
     # --- supabase: read-only runbooks work, the others are refused --------------------------------
 
