@@ -24,9 +24,11 @@ install: $(STAMP)  ## create .venv and install the package, its dependencies and
 demo: $(STAMP)  ## generate the synthetic snapshot and damaged database, run the runbooks, print the summary
 	$(PY) -m vespa_lib.demo --out $(DEMO)
 
-test: $(STAMP)  ## run every test (PostgreSQL tests start their own throw-away server)
+test: $(STAMP)  ## run every test (PostgreSQL tests start their own throw-away server), then each runbook as JupyterLab runs it
 	$(PY) -m ruff check vespa_lib tests scripts
 	$(PY) -m pytest
+	test -f data/demo/production.duckdb || $(MAKE) demo DEMO=data/demo
+	$(PY) -m pytest --nbval-lax notebooks/  # kernel started in notebooks/, default parameters, on the demo data
 
 lint: $(STAMP)  ## ruff
 	$(PY) -m ruff check vespa_lib tests scripts

@@ -60,3 +60,29 @@ def test_every_dependency_has_an_upper_bound():
     # "Pin them sensibly": a major-version upgrade must be a deliberate change.
     for name, spec in _pyproject().items():
         assert "<" in spec, f"{name} has no upper bound"
+
+
+def test_the_suite_runs_with_versions_the_ranges_admit():
+    # Lower bounds are versions the suite has run with: the environment running it must be inside the ranges.
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.specifiers import SpecifierSet
+
+    outside = {}
+    for name, spec in _pyproject().items():
+        dist = name.split("[")[0]
+        try:
+            installed = version(dist)
+        except PackageNotFoundError:
+            continue  # an optional test tool not installed here
+        if installed not in SpecifierSet(spec):
+            outside[dist] = (installed, spec)
+    assert not outside, f"installed versions outside the declared ranges: {outside}"
+
+
+@pytest.mark.parametrize(("name", "untested"), [("duckdb", "1.4.5"), ("pandas", "2.2.3")])
+def test_versions_the_suite_never_ran_with_are_refused(name, untested):
+    # duckdb 1.4.5 fails on import ('DuckDBPyConnection' object has no attribute 'complete').
+    from packaging.specifiers import SpecifierSet
+
+    assert untested not in SpecifierSet(_pyproject()[name])

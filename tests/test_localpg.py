@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -71,20 +72,26 @@ def test_dsn_with_dbname_keeps_everything_but_the_database(dsn, expected):
 @needs_binaries
 @pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
                     reason="the non-root path is what every non-root run exercises already")
-def test_starts_as_a_non_root_user(tmp_path):
+def test_starts_as_a_non_root_user():
     # As root the suite goes through runuser; this runs the module as the unprivileged postgres user.
-    package = tmp_path / "pkg" / "vespa_lib"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    for name in ("localpg.py", "errors.py"):
-        shutil.copy(Path(localpg.__file__).with_name(name), package / name)
-    for path in (tmp_path, tmp_path / "pkg", package, *package.iterdir()):
-        path.chmod(0o755)
-    script = ("from vespa_lib.localpg import LocalPostgres\n"
-              "pg = LocalPostgres().start(); folder = pg.folder; print(pg.port); pg.stop()\n"
-              "assert not folder.exists()\n")
-    done = subprocess.run(["runuser", "-u", "postgres", "--", "/usr/bin/python3", "-c", script],
-                          env={"PYTHONPATH": str(tmp_path / "pkg"), "PATH": os.environ["PATH"]},
-                          capture_output=True, text=True, timeout=120, check=False)
+    # The copy lives in a fresh folder under the system temp folder that postgres may enter, and postgres
+    # works in it: the checkout (and pytest's tmp_path, 0700) may sit where other users cannot enter.
+    with tempfile.TemporaryDirectory(prefix="vespa-localpg-") as tmp:
+        work = Path(tmp)
+        package = work / "pkg" / "vespa_lib"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        for name in ("localpg.py", "errors.py"):
+            shutil.copy(Path(localpg.__file__).with_name(name), package / name)
+        for path in (work, work / "pkg", package, *package.iterdir()):
+            path.chmod(0o755)
+        script = ("import vespa_lib.localpg as m\nfrom vespa_lib.localpg import LocalPostgres\n"
+                  "pg = LocalPostgres().start(); folder = pg.folder; print(m.__file__); print(pg.port); pg.stop()\n"
+                  "assert not folder.exists()\n")
+        done = subprocess.run(["runuser", "-u", "postgres", "--", "/usr/bin/python3", "-c", script],
+                              env={"PYTHONPATH": str(work / "pkg"), "PATH": os.environ["PATH"]}, cwd=work,
+                              capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.strip()) > 0
+    module, port = done.stdout.split()
+    assert module == str(package / "localpg.py")  # the copy, not a vespa_lib found elsewhere
+    assert int(port) > 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from vespa_lib import runbook
 
@@ -60,3 +61,64 @@ def test_every_code_cell_is_introduced_by_markdown(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.cells[0].cell_type == "markdown", "a runbook opens with what it does and why"
     assert sum(c.cell_type == "markdown" for c in nb.cells) >= 3
+
+
+# --- the same kernel, papermill's parameter reading, defaults that work in JupyterLab --------
+
+REPO = Path(__file__).resolve().parents[1]
+WRITE_SWITCHES = {"mode": ("plan", "validate"), "approve": ("",)}  # read-only values of the write switches
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_runbook_declares_the_project_kernel(path):
+    spec = nbformat.read(path, as_version=4).metadata.get("kernelspec", {})
+    assert (spec.get("name"), spec.get("display_name"), spec.get("language")) == ("vespa", "VESPA workbook", "python")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_without_warnings(path, caplog):
+    # A line papermill cannot parse is dropped from its list, and each run then warns
+    # "Passed unknown parameter" for it (noise in every night's cron log).
+    import papermill
+
+    with caplog.at_level("WARNING", logger="papermill"):
+        found = list(papermill.inspect_notebook(str(path)))
+    assert found == [p.name for p in runbook.parse_parameters(path)]
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("papermill")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_defaults_are_the_demo_parameters_read_only(path):
+    # Opened in JupyterLab right after `make demo`, a runbook runs as is on the demo data: its defaults
+    # are params/demo/<name>.yaml, with the write switches at their read-only values.
+    demo = yaml.safe_load((REPO / "params" / "demo" / f"{path.stem}.yaml").read_text())
+    defaults = {p.name: p.default for p in runbook.parse_parameters(path)}
+    assert set(demo) <= set(defaults), f"params/demo/{path.stem}.yaml names undeclared parameters"
+    for name, value in demo.items():
+        if name in WRITE_SWITCHES:
+            assert defaults[name] in WRITE_SWITCHES[name], f"{path.stem}.{name} must default to read-only"
+        else:
+            assert defaults[name] == value, f"{path.stem}.{name}: default {defaults[name]!r}, demo {value!r}"
+    assert defaults.get("unmask_pii", False) is False
+
+
+@pytest.mark.notebook
+def test_runbook_opened_in_jupyterlab_reads_paths_from_the_repository(tmp_path, monkeypatch):
+    # JupyterLab starts the kernel in notebooks/; the defaults name paths from the repository root.
+    import papermill
+
+    from vespa_lib import synth
+    from vespa_lib.kernel import InterpreterKernelManager
+
+    for name in ("VESPA_ROOT", "VESPA_OUTPUTS", "VESPA_RUN_DIR", "VESPA_RUN_ID", "VESPA_UNATTENDED"):
+        monkeypatch.delenv(name, raising=False)
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    source = REPO / "notebooks" / "csv_profile.ipynb"
+    synth.generate(repo / "data" / "demo", seed=2025, students=150)
+    executed = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(str(source), str(executed), kernel_name="vespa", cwd=str(repo / "notebooks"),
+                               progress_bar=False, execution_timeout=300,
+                               kernel_manager_class=InterpreterKernelManager)  # registered or not
+    (manifest,) = (repo / "outputs").glob("*/*_csv_profile_*/manifest.json")
+    assert '"status": "passed"' in manifest.read_text()

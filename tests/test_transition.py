@@ -19,7 +19,8 @@ from vespa_lib.plan import Desired, plan_changes
 
 NOTEBOOKS = __import__("pathlib").Path(__file__).resolve().parents[1] / "notebooks"
 CHECKS = ["archived_counts_match_ledger", "current_year_matches_last_sync", "archived_rows_marked_and_protected",
-          "sync_ran_every_night", "dashboard_year_switching", "national_benchmarks_complete", "canonical_year_labels"]
+          "sync_ran_every_night", "dashboard_year_switching", "national_benchmarks_complete", "canonical_year_labels",
+          "cohort_in_one_year"]
 ROLL_DAY = date(2026, 8, 1)
 
 

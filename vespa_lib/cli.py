@@ -9,6 +9,14 @@
 Exit codes: 0 the run passed every check; 1 the run failed (evidence still written); 2 the command
 was refused before anything ran (unknown runbook, bad parameters). The last line ``run`` prints is
 the evidence folder. Writes only under ``outputs/``.
+
+Runs from any working folder: the runbooks are in ``--notebooks``, else ``$VESPA_ROOT/notebooks``,
+else beside the installed package (an editable install knows its checkout), else in the nearest
+folder above the working folder holding ``notebooks/``. The repository root is the folder above
+``notebooks/``: the kernel works there, so relative paths in parameters are read from the root, and a
+relative ``-f`` file not found in the working folder is read from the root too. The kernel runs on
+the interpreter ``vespa-ops`` runs on (``vespa_lib.kernel``), registered or not; ``--kernel NAME``
+picks a registered kernel instead.
 """
 
 from __future__ import annotations
@@ -48,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each subcommand registers its handler (add one function to extend)."""
     parser = argparse.ArgumentParser(prog="vespa-ops", description="Run and review the VESPA runbooks.")
-    parser.add_argument("--notebooks", type=Path, default=Path("notebooks"), help="folder of runbooks")
+    parser.add_argument("--notebooks", type=Path, default=None,
+                        help="folder of runbooks (default: $VESPA_ROOT/notebooks, else the installed checkout's)")
     parser.add_argument("--outputs", type=Path, default=None, help="evidence folder (default: beside notebooks/)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute a runbook with papermill and write its evidence")
@@ -57,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="override one parameter; VALUE is read as YAML (true, 3, [a, b])")
     run.add_argument("--timeout", type=int, default=1800, help="per-cell execution timeout in seconds")
-    run.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name")
+    run.add_argument("--kernel", default=None,
+                     help="a registered Jupyter kernel to run on (default: this interpreter, registered or not)")
     run.set_defaults(handler=cmd_run)
     sub.add_parser("list", help="list runbooks and their parameters").set_defaults(handler=cmd_list)
     sub.add_parser("index", help="rebuild outputs/index.html").set_defaults(handler=cmd_index)
@@ -71,7 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """(notebooks folder, repo root = its parent, outputs folder)."""
-    notebooks = args.notebooks.resolve()
+    notebooks = args.notebooks
+    if notebooks is None:
+        root = runbook.repository_root()
+        if root is None:
+            raise ParameterError(f"No runbooks found: {Path.cwd()} is not inside the repository and the "
+                                 f"installed package is not a checkout. Pass --notebooks or set {runbook.ROOT_ENV}.")
+        notebooks = root / "notebooks"
+    notebooks = notebooks.resolve()
     root = notebooks.parent
     return notebooks, root, (args.outputs or root / "outputs").resolve()
 
@@ -84,6 +101,13 @@ def notebook_for(notebooks: Path, name: str) -> Path:
         raise ParameterError(f"No runbook {name!r} in {notebooks}; available: {known or 'none'}. "
                              "Check the name or pass --notebooks.")
     return path
+
+
+def params_file(file: Path | None, root: Path) -> Path | None:
+    """``-f`` as given if it exists, else (relative) the same path under the repository root."""
+    if file is None or file.exists() or file.is_absolute() or not (root / file).exists():
+        return file
+    return root / file
 
 
 def load_parameters(file: Path | None, overrides: list[str]) -> dict[str, Any]:
@@ -111,6 +135,7 @@ def _empty_text(values: dict[str, Any], types: dict[str, str]) -> dict[str, Any]
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate, execute through papermill, finalise the evidence (always), print the folder last."""
     notebooks, root, outputs = _paths(args)
+    args.file = params_file(args.file, root)
     name = Path(args.runbook).stem
     path = notebook_for(notebooks, name)
     declared = runbook.parse_parameters(path)
@@ -134,17 +159,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def execute(path: Path, executed: Path, values: dict[str, Any], *, root: Path, run_dir: Path, run_id: str,
-            timeout: int, kernel: str) -> str | None:
-    """Run the notebook with papermill; return None on success, else ``"ExceptionName: message"``."""
+            timeout: int, kernel: str | None) -> str | None:
+    """Run the notebook with papermill in ``root``; return None on success, else ``"ExceptionName: message"``.
+
+    ``kernel`` None runs it on this interpreter (``vespa_lib.kernel``); a name, on that registered kernel."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    env = {"VESPA_RUN_DIR": str(run_dir), "VESPA_RUN_ID": run_id, "VESPA_UNATTENDED": "1"}
+    from vespa_lib.kernel import InterpreterKernelManager
+
+    env = {"VESPA_RUN_DIR": str(run_dir), "VESPA_RUN_ID": run_id, "VESPA_UNATTENDED": "1",
+           runbook.ROOT_ENV: str(root)}
+    engine = {} if kernel else {"kernel_manager_class": InterpreterKernelManager}
     try:
         with _environment(env):
-            papermill.execute_notebook(str(path), str(executed), parameters=values, kernel_name=kernel,
+            papermill.execute_notebook(str(path), str(executed), parameters=values, kernel_name=kernel or KERNEL,
                                        cwd=str(root), execution_timeout=timeout, progress_bar=False,
-                                       log_output=False)
+                                       log_output=False, **engine)
     except PapermillExecutionError as exc:
         return ANSI_RE.sub("", f"{exc.ename}: {exc.evalue}")
     except Exception as exc:  # a kernel that dies or times out is a failed run, still with evidence

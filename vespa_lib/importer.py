@@ -129,10 +129,11 @@ def preflight(snapshot_dir: str | Path, target: targets.Target) -> tuple[Snapsho
 
 
 def import_rows(snap: Snapshot, academic_year: str, target: targets.Target, *, convert_q29_percentage: bool,
-                establishment_scope: list[str] | None) -> rowsmod.ImportRows:
-    """The year's rows by the rule chains (``vespa_lib.rows.build_rows``). Read-only."""
+                establishment_scope: list[str] | None, late_cycles_only: bool = False) -> rowsmod.ImportRows:
+    """The year's rows by the rule chains (``vespa_lib.rows.build_rows``). Read-only. ``late_cycles_only``:
+    only the late cycles continuing a cohort of the year (docs/DOMAIN.md, "Cohort rule across 1 August")."""
     return rowsmod.build_rows(snap, academic_year, target, convert_q29_percentage=convert_q29_percentage,
-                              establishment_scope=establishment_scope or None)
+                              establishment_scope=establishment_scope or None, late_cycles_only=late_cycles_only)
 
 
 def rule_frame(rows: rowsmod.ImportRows) -> pd.DataFrame:
@@ -366,7 +367,8 @@ def plan_import(con: Any, desired: planmod.Desired, archive: list[str],
                 repairs: Repairs | None = None) -> planmod.Plan:
     """The plan (SPEC.md §7.1): the pending migrations while any are pending, then the F8 repair
     (``kind = "repair"``) while duplicates remain, then the data. Read-only."""
-    plan = planmod.plan_changes(con, desired, archive_years=archive, keep=True)  # reused by the apply
+    # an archived year the run (re-)archives may be written with approval: a late cycle is added this way
+    plan = planmod.plan_changes(con, desired, archive_years=archive, archived_write_years=archive, keep=True)
     fix = repair_desired(repairs) if repairs is not None and not plan.migrations else None
     if fix is not None:
         repair = planmod.plan_changes(con, fix)
@@ -497,7 +499,8 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
     post: dict = {}
     result, reason = _guarded(lambda: guard.apply_plan(
         con, desired, approve=approve, run_id=run_id, planned=current,
-        recompute=_hook(rows.quarantine, run_id, post), archive_years=archive, backup_dir=backup_dir, **common))
+        recompute=_hook(rows.quarantine, run_id, post), archive_years=archive, archived_write_years=archive,
+        backup_dir=backup_dir, **common))
     if result is None:
         return ImportOutcome("refused", reason, migrations=migrations, repair=repaired)
     return ImportOutcome("applied" if result.applied else "nothing", result=result, migrations=migrations,

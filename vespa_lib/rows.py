@@ -32,12 +32,12 @@ __all__ = ["ImportRows", "build_rows", "QUARANTINE_REASONS", "DROP_REASONS"]
 QUARANTINE_REASONS = (
     "no_email", "invalid_email", "bad_date", "stale_date", "outside_import_year", "no_establishment",
     "unknown_establishment", "no_scores", "bad_score", "duplicate_record", "unlinked_answers",
-    "student_set_aside", "answers_without_scores",
+    "student_set_aside", "answers_without_scores", "late_cycle_of_archived_year",
 )
 # Values dropped and counted, never rows (ARCHITECTURE; knack.REASONS for the answer codes).
 DROP_REASONS = ("f10_cycle_copy", "unanswered", "answer_out_of_range", "answer_not_numeric",
                 "answer_not_integer")
-YEAR_RULES = ("completion_date", "snapshot_year")
+YEAR_RULES = ("completion_date", "snapshot_year", "cohort_continued", "cohort_started")
 ESTABLISHMENT_RULES = ("connection", "object_6", "email_domain")
 
 STUDENT_COLUMNS = ("email", "academic_year", "knack_id", "name", "establishment_knack_id",
@@ -68,7 +68,9 @@ class ImportRows:
 
 def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29_percentage: bool = False,
                establishment_scope: list[str] | None = None,
-               year_fallback: str | None = "snapshot_year", calendar_year: str | None = None) -> ImportRows:
+               year_fallback: str | None = "snapshot_year", calendar_year: str | None = None,
+               archived_years: list[str] | tuple = (), cohort_years: list[str] | tuple = (),
+               late_cycles_only: bool = False) -> ImportRows:
     """Build the import rows of ``academic_year`` (a UK label such as ``2024/2025``) from ``snapshot``.
 
     ``reference`` is a read-only connection (DuckDB, or anything with ``.sql(q)`` returning a
@@ -81,6 +83,14 @@ def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29
     carry to be kept (default: ``Y/Y``, the calendar year counted in ``academic_year = Y/Y+1``, the
     import's rule; the sync passes the school's running year, the calendar year of its ``as_of``).
     Read-only on the target and on the snapshot tables.
+
+    The cohort rule (docs/DOMAIN.md, "Cohort rule across 1 August"): a record whose cycle 1 equals the
+    student's cycle-1 row of the year before its date's year continues that cohort. When that year is
+    earlier than ``academic_year``, the record is set aside as ``late_cycle_of_archived_year`` if the
+    year is in ``archived_years``, built into that year if it is in ``cohort_years`` (an open year the
+    caller writes too), else ``stale_date``. ``late_cycles_only`` builds only the records continuing a
+    cohort of ``academic_year`` (the guarded import that adds a set-aside late cycle); the others are
+    counted as ``not_late_cycle``, not quarantined.
     """
     if year_fallback not in ("snapshot_year", None):
         raise ParameterError(f"year_fallback must be 'snapshot_year' or None, got {year_fallback!r}.")
@@ -98,7 +108,9 @@ def build_rows(snapshot: Any, academic_year: str, reference: Any, *, convert_q29
         _register_reference(con, reference)
         _decode_distinct(con)
         params = {"year": year, "first": int(year[:4]), "calendar_year": _calendar_year(year),
-                  "calendar_first": calendar_first, "scoped": scope is not None, "scope": scope or []}
+                  "calendar_first": calendar_first, "scoped": scope is not None, "scope": scope or [],
+                  "late_only": bool(late_cycles_only), "archived": _labels(archived_years),
+                  "cohort_years": _labels(cohort_years)}
         _run_records(con, params, no_fallback=year_fallback is None)
         _run_answers(con, convert_q29_percentage)
         con.execute(rows_sql.QUARANTINE, {"file10": str(snapshot.files["object_10"]),
@@ -151,6 +163,14 @@ def _calendar_first(year: str, calendar_year: str | None) -> int:
     return int(label[:4])
 
 
+def _labels(labels: list[str] | tuple) -> list[str]:
+    """Canonical labels (a misspelt archived label still names its year, F11); [''] for none (a typed list)."""
+    try:
+        return sorted({years.canonical(y) for y in labels}) or [""]
+    except years.YearError as exc:
+        raise ParameterError(f"archived_years/cohort_years: {exc}") from None
+
+
 def _scope(scope: list[str] | None) -> list[str] | None:
     if scope is None:
         return None
@@ -165,24 +185,53 @@ def _scope(scope: list[str] | None) -> list[str] | None:
 
 _REF_EST = ("SELECT CAST(id AS VARCHAR) AS id, CAST(knack_id AS VARCHAR) AS knack_id, name, "
             "is_australian, use_standard_year FROM establishments")
+_KEPT_ATTRS = ("knack_id", "name", "year_group", "course", "faculty", "group", "gender")
 _REF_STUDENTS = ("SELECT CAST(email AS VARCHAR) AS email, CAST(academic_year AS VARCHAR) AS academic_year, "
-                 "CAST(establishment_id AS VARCHAR) AS establishment_id FROM students")
+                 "CAST(establishment_id AS VARCHAR) AS establishment_id, "
+                 + ", ".join(f'CAST("{a}" AS VARCHAR) AS "{a}"' for a in _KEPT_ATTRS) + " FROM students")
+
+
+# The cohort rule's evidence: every stored score row (all text: PostgreSQL is read through CSV).
+_REF_CYCLES = ("SELECT lower(s.email) AS email, CAST(t.academic_year AS VARCHAR) AS academic_year, "
+               "CAST(t.cycle AS VARCHAR) AS cycle, "
+               + ", ".join(f"CAST(t.{e} AS VARCHAR) AS {e}" for e in rows_sql.ELEMENTS)
+               + ", CAST(t.completion_date AS VARCHAR) AS completion_date "
+               "FROM vespa_scores t JOIN students s ON s.id = t.student_id")
 
 
 def _register_reference(con: duckdb.DuckDBPyConnection, reference: Any) -> None:
-    """Copy the target's establishments and students into TEMP tables of ``con`` (via Arrow)."""
+    """Copy the target's establishments, students and score rows into TEMP tables of ``con`` (via Arrow)."""
     est, students = _read_reference(reference, _REF_EST), _read_reference(reference, _REF_STUDENTS)
+    cycles = _read_reference(reference, _REF_CYCLES)
     con.register("_rows_in_est", est)
     con.register("_rows_in_students", students)
+    con.register("_rows_in_cycles", cycles)
+    labels = {r[0] for r in con.execute("SELECT DISTINCT academic_year FROM _rows_in_cycles").fetchall()}
+    _lookup(con, "_rows_ref_labels", [{"label": y, "canonical": _canonical_or_none(y)} for y in sorted(labels - {None})],
+            pa.schema([("label", pa.string()), ("canonical", pa.string())]))
     try:
         con.execute("""CREATE OR REPLACE TEMP TABLE _rows_ref_est AS
             SELECT id, trim(knack_id) AS knack_id, name, CAST(is_australian AS BOOLEAN) AS is_australian,
                    CAST(use_standard_year AS BOOLEAN) AS use_standard_year FROM _rows_in_est""")
-        con.execute("""CREATE OR REPLACE TEMP TABLE _rows_ref_students AS
-            SELECT lower(trim(email)) AS email, academic_year, establishment_id FROM _rows_in_students""")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows_ref_students AS
+            SELECT lower(trim(email)) AS email, academic_year, establishment_id,
+                   {", ".join(rows_sql._q(a) for a in _KEPT_ATTRS)} FROM _rows_in_students""")
+        six = ", ".join(f"try_cast(c.{e} AS DOUBLE)::INTEGER AS {e}" for e in rows_sql.ELEMENTS)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _rows_ref_cycles AS
+            SELECT trim(c.email) AS email, l.canonical AS academic_year, try_cast(c.cycle AS INTEGER) AS cycle, {six},
+                   try_cast(c.completion_date AS DATE) AS completion_date
+            FROM _rows_in_cycles c JOIN _rows_ref_labels l ON l.label = c.academic_year""")
     finally:
         con.unregister("_rows_in_est")
         con.unregister("_rows_in_students")
+        con.unregister("_rows_in_cycles")
+
+
+def _canonical_or_none(label: str) -> str | None:
+    try:
+        return years.canonical(label)
+    except years.YearError:
+        return None
 
 
 def _read_reference(reference: Any, query: str) -> pa.Table:
@@ -301,11 +350,17 @@ def _run_records(con: duckdb.DuckDBPyConnection, params: dict, *, no_fallback: b
                 rows_sql.cycles(), rows_sql.cycle_flags(), rows_sql.SCORE_SUMMARY, rows_sql.record_base()):
         con.execute(sql)
     con.execute(rows_sql.record_year(), {"year": params["year"], "calendar_year": params["calendar_year"]})
-    con.execute(rows_sql.RECORD_OUTCOME, {k: params[k] for k in ("first", "calendar_first", "scoped", "scope")})
+    con.execute(rows_sql.RECORD_OUTCOME, {k: params[k] for k in ("first", "calendar_first", "scoped", "scope",
+                                                                 "late_only", "archived", "cohort_years")})
     if no_fallback:
         con.execute(_NO_DATE)
-    for sql in (rows_sql.RANKED, rows_sql.students(), rows_sql.SCORES):
-        con.execute(sql)
+    con.execute(rows_sql.RANKED)
+    con.execute(rows_sql.students())
+    if params["late_only"]:  # a late cycle adds its cycle: the archived student row stays as it is
+        sets = ", ".join(f"{rows_sql._q(a)} = r.{rows_sql._q(a)}" for a in _KEPT_ATTRS)
+        con.execute(f"UPDATE _rows_students s SET {sets} FROM _rows_ref_students r "
+                    "WHERE r.email = s.email AND r.academic_year = s.academic_year")
+    con.execute(rows_sql.SCORES)
 
 
 def _run_answers(con: duckdb.DuckDBPyConnection, convert_q29: bool) -> None:
@@ -374,6 +429,10 @@ def _rule_counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
                           "JOIN _rows_base b USING (_record)",
         "duplicate_record": "SELECT count(*) FROM _rows_ranked WHERE rank > 1",
         "out_of_scope": "SELECT count(*) FROM _rows_outcome WHERE reason = 'out_of_scope'",
+        "not_late_cycle": "SELECT count(*) FROM _rows_outcome WHERE reason = 'not_late_cycle'",
+        # records per cohort decision, set aside or not (the year_rule.* counts are the kept rows)
+        "records.cohort_continued": "SELECT count(*) FROM _rows_outcome WHERE year_rule = 'cohort_continued'",
+        "records.cohort_started": "SELECT count(*) FROM _rows_outcome WHERE year_rule = 'cohort_started'",
         "out_of_scope.object_29": "SELECT count(*) FROM _rows_o29_link WHERE status = 'out_of_scope'",
         "object_29_linked": "SELECT count(*) FROM _rows_o29_link WHERE status = 'linked' AND rank = 1",
         "re_enrolled": "SELECT count(DISTINCT s.email) FROM _rows_students s JOIN _rows_ref_students r "

@@ -201,42 +201,72 @@ LEFT JOIN _rows_score_summary s ON s._record = t._record
 """
 
 
+def _label_sql(day: str, calendar: str, back: int = 0) -> str:
+    """The label of ``day`` under the school's rule, ``back`` years earlier (DOMAIN.md §4)."""
+    first = f"(CASE WHEN {calendar} THEN year({day}) ELSE CAST(split_part({uk_year_sql(day)}, '/', 1) AS INTEGER) END - {back})"
+    return (f"CAST({first} AS VARCHAR) || '/' || CAST({first} + CASE WHEN {calendar} THEN 0 ELSE 1 END AS VARCHAR)")
+
+
 def record_year() -> str:
-    """The year rule chain: completion_date under the school's rule, else the snapshot's year
-    ($year for UK schools, $calendar_year for calendar-year schools); unparseable -> no year."""
+    """The year rule chain: the cohort rule (docs/DOMAIN.md, "Cohort rule across 1 August"), then
+    completion_date under the school's rule, else the snapshot's year ($year for UK schools,
+    $calendar_year for calendar-year schools); unparseable -> no year.
+
+    A dated record whose cycle 1 equals the student's cycle-1 row of the year before its date's year
+    (same email, in the target) continues that cohort (``cohort_continued``: its late cycle belongs to
+    the cycle-1 year); a record with a cycle 1 that differs from that row is a reset record and starts
+    a cohort in the year of its own date (``cohort_started``)."""
+    calendar = "coalesce(x.is_australian = true AND x.use_standard_year = false, false)"
+    same = " AND ".join(f"r.{e} = c.{e}" for e in ELEMENTS)
     return f"""
 CREATE OR REPLACE TEMP TABLE _rows_year AS
-SELECT b.*, x.knack_id AS establishment_knack_id,
-       coalesce(x.is_australian = true AND x.use_standard_year = false, false) AS calendar,
-       CASE WHEN b.date_reason = 'blank' THEN 'snapshot_year'
-            WHEN b.date_reason IS NULL THEN 'completion_date' END AS year_rule,
-       CASE WHEN b.date_reason = 'blank'
-                 THEN CASE WHEN x.is_australian = true AND x.use_standard_year = false
-                           THEN $calendar_year ELSE $year END
-            WHEN b.date_reason IS NULL
-                 THEN CASE WHEN x.is_australian = true AND x.use_standard_year = false
-                           THEN CAST(year(b.completion_day) AS VARCHAR) || '/' || CAST(year(b.completion_day) AS VARCHAR)
-                           ELSE {uk_year_sql('b.completion_day')} END
+WITH dated AS (
+    SELECT b.*, x.knack_id AS establishment_knack_id, {calendar} AS calendar,
+           CASE WHEN b.date_reason IS NULL THEN {_label_sql('b.completion_day', calendar)} END AS date_year,
+           CASE WHEN b.date_reason IS NULL THEN {_label_sql('b.completion_day', calendar, 1)} END AS prev_year
+    FROM _rows_base b LEFT JOIN _rows_ref_est x ON x.id = b.establishment_id),
+cohort AS (
+    SELECT d._record, bool_or({same}) AS c1_same, count(c._record) > 0 AS has_c1
+    FROM dated d
+    JOIN _rows_ref_cycles r ON r.email = d.email AND r.academic_year = d.prev_year AND r.cycle = 1
+    LEFT JOIN _rows_cycle_flags c ON c._record = d._record AND c.cycle = 1 AND NOT c.f10_copy
+    GROUP BY d._record)
+SELECT d.*,
+       CASE WHEN d.date_reason = 'blank' THEN 'snapshot_year'
+            WHEN d.date_reason IS NULL AND k.c1_same THEN 'cohort_continued'
+            WHEN d.date_reason IS NULL AND k.has_c1 THEN 'cohort_started'
+            WHEN d.date_reason IS NULL THEN 'completion_date' END AS year_rule,
+       CASE WHEN d.date_reason = 'blank' THEN CASE WHEN d.calendar THEN $calendar_year ELSE $year END
+            WHEN d.date_reason IS NULL AND k.c1_same THEN d.prev_year
+            WHEN d.date_reason IS NULL THEN d.date_year
        END AS academic_year
-FROM _rows_base b LEFT JOIN _rows_ref_est x ON x.id = b.establishment_id
+FROM dated d LEFT JOIN cohort k ON k._record = d._record
 """
 
 
 # Precedence of the reasons (first that applies wins), in the chains' order: email, establishment,
 # scope, year, scores (the synth truth file decides in the same order). Each school is compared with its
 # own year: UK-rule schools with $first (the UK year's first year), calendar-year schools with
-# $calendar_first (the import: Y/Y counted in Y/Y+1, DOMAIN §4; the sync: the calendar year of as_of).
+# $calendar_first (the import: Y/Y counted in Y/Y+1; the sync: the calendar year of as_of).
+# A late cycle (cohort_continued into an earlier year) is set aside when that year is archived, kept when
+# it is one of $cohort_years (open years the caller writes); $late_only keeps nothing else ('not_late_cycle',
+# counted, not quarantined: the guarded import that adds the late cycles of an archived year).
 RECORD_OUTCOME = """
 CREATE OR REPLACE TEMP TABLE _rows_outcome AS
 SELECT y.*,
-  CASE WHEN email_reason = 'blank' THEN 'no_email'
+  CASE WHEN $late_only AND (year_rule IS DISTINCT FROM 'cohort_continued'
+                            OR CAST(split_part(academic_year, '/', 1) AS INTEGER) <> $first) THEN 'not_late_cycle'
+       WHEN email_reason = 'blank' THEN 'no_email'
        WHEN email_reason IS NOT NULL THEN 'invalid_email'
        WHEN establishment_rule LIKE 'unknown_%' THEN 'unknown_establishment'
        WHEN establishment_id IS NULL THEN 'no_establishment'
        WHEN $scoped AND NOT list_contains($scope, establishment_knack_id) THEN 'out_of_scope'
        WHEN date_reason IS NOT NULL AND date_reason <> 'blank' THEN 'bad_date'
-       WHEN CAST(split_part(academic_year, '/', 1) AS INTEGER)
-            < CASE WHEN calendar THEN $calendar_first ELSE $first END THEN 'stale_date'
+       WHEN year_rule = 'cohort_continued'
+            AND CAST(split_part(academic_year, '/', 1) AS INTEGER) < CASE WHEN calendar THEN $calendar_first ELSE $first END
+            AND list_contains($archived, academic_year) THEN 'late_cycle_of_archived_year'
+       WHEN CAST(split_part(academic_year, '/', 1) AS INTEGER) < CASE WHEN calendar THEN $calendar_first ELSE $first END
+            AND NOT (year_rule = 'cohort_continued' AND list_contains($cohort_years, academic_year)) THEN 'stale_date'
        WHEN CAST(split_part(academic_year, '/', 1) AS INTEGER)
             > CASE WHEN calendar THEN $calendar_first ELSE $first END THEN 'outside_import_year'
        WHEN n_bad > 0 THEN 'bad_score'
@@ -254,7 +284,7 @@ SELECT o.*,
        first_value(record_id) OVER w AS kept_id
 FROM _rows_outcome o
 WHERE reason IS NULL
-WINDOW w AS (PARTITION BY email ORDER BY taken DESC, completion_day DESC NULLS LAST,
+WINDOW w AS (PARTITION BY email, academic_year ORDER BY taken DESC, completion_day DESC NULLS LAST,
                                          updated_ts DESC NULLS LAST, record_id DESC, _record DESC)
 """
 
@@ -281,7 +311,11 @@ ORDER BY r.email
 SCORES = f"""
 CREATE OR REPLACE TEMP TABLE _rows_scores AS
 SELECT s.email, s.academic_year, f.cycle, {", ".join(f"f.{e}" for e in ELEMENTS)},
-       CASE WHEN f.cycle = s.latest_cycle THEN s.completion_day END AS completion_date
+       CASE WHEN f.cycle = s.latest_cycle THEN s.completion_day
+            WHEN s._year_rule = 'cohort_continued' THEN (
+                SELECT max(r.completion_date) FROM _rows_ref_cycles r WHERE r.email = s.email
+                AND r.academic_year = s.academic_year AND r.cycle = f.cycle
+                AND {" AND ".join(f"r.{e} = f.{e}" for e in ELEMENTS)}) END AS completion_date
 FROM _rows_students s JOIN _rows_cycle_flags f ON f._record = s._record
 WHERE NOT f.f10_copy
 ORDER BY s.email, f.cycle
@@ -305,7 +339,7 @@ LEFT JOIN _rows_link lk ON lk.raw = coalesce(nullif(trim(t.student_record_id), '
 O29_LINK = """
 CREATE OR REPLACE TEMP TABLE _rows_o29_link AS
 WITH ids AS (SELECT lower(record_id) AS oid, min(email) AS email FROM _rows_outcome GROUP BY 1),
-     known AS (SELECT email, bool_and(reason = 'out_of_scope') AS out_of_scope
+     known AS (SELECT email, bool_and(reason IN ('out_of_scope', 'not_late_cycle')) AS out_of_scope
                FROM _rows_outcome WHERE email IS NOT NULL GROUP BY email),
      linked AS (
         SELECT a.*, i.oid IS NOT NULL AS oid_known, i.email AS oid_email,
@@ -384,6 +418,11 @@ _O10_DETAIL = """CASE reason
          || 'no unambiguous email domain'
     WHEN 'bad_score' THEN bad_detail
     WHEN 'no_scores' THEN 'no cycle taken (' || f10_copies || ' F10 copies)'
+    WHEN 'late_cycle_of_archived_year' THEN 'cycle ' || latest_cycle || ' completed '
+         || CAST(completion_day AS VARCHAR) || ' continues the ' || academic_year || ' cohort (its cycle 1 '
+         || 'equals that year''s row), an archived year: not written into another year. Add it with a '
+         || 'guarded import of ' || academic_year || ' from this export with late_cycles_only '
+         || '(docs/DOMAIN.md, "Cohort rule across 1 August")'
     ELSE year_rule || ' gives ' || academic_year
          || coalesce(' (completion date ' || CAST(completion_day AS VARCHAR) || ')', '') END"""
 
@@ -391,7 +430,7 @@ QUARANTINE = f"""
 CREATE OR REPLACE TEMP TABLE _rows_quarantine AS
 SELECT 'object_10' AS object, record_id, $file10 AS source_file, _line AS line_number, reason,
        {_O10_DETAIL} AS detail, raw_email AS email
-FROM _rows_outcome WHERE reason IS NOT NULL AND reason <> 'out_of_scope'
+FROM _rows_outcome WHERE reason IS NOT NULL AND reason NOT IN ('out_of_scope', 'not_late_cycle')
 UNION ALL
 SELECT 'object_10', record_id, $file10, _line, 'duplicate_record', 'collapsed into ' || kept_id, raw_email
 FROM _rows_ranked WHERE rank > 1

@@ -167,7 +167,12 @@ def secret_problems(values: dict[str, Any], secrets: list[str] | None = None) ->
 
 
 def start(runbook: str, namespace: dict[str, Any]) -> Run:
-    """Validate the notebook's parameters (its globals) and open the run. Writes only the run folder."""
+    """Validate the notebook's parameters (its globals) and open the run. Writes only the run folder.
+
+    The kernel first moves to the repository root (:func:`kernel_root`), so relative paths in the
+    parameters mean the same in JupyterLab (kernel started in ``notebooks/``) as under ``vespa-ops``.
+    """
+    enter_repository()
     declared = {k: annotation_str(v) for k, v in namespace.get("__annotations__", {}).items()}
     values = {}
     for name, value in namespace.items():
@@ -187,6 +192,44 @@ def start(runbook: str, namespace: dict[str, Any]) -> Run:
     else:
         run_id, path = evidence.new_run_dir(find_outputs(), runbook)
     return Run(runbook, run_id, path, {k: values[k] for k in declared}, unattended)
+
+
+ROOT_ENV = "VESPA_ROOT"
+
+
+def _walk_up(start_dir: Path) -> Path | None:
+    """The nearest folder at or above ``start_dir`` that holds ``notebooks/``."""
+    here = start_dir.resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / "notebooks").is_dir()), None)
+
+
+def installed_root() -> Path | None:
+    """The checkout this package is imported from (editable install, PYTHONPATH), if it holds ``notebooks/``."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "notebooks").is_dir() and (root / "vespa_lib").is_dir() else None
+
+
+def repository_root() -> Path | None:
+    """Where ``vespa-ops`` finds the runbooks: ``VESPA_ROOT``, else the checkout of the installed
+    package, else the nearest folder above the working folder holding ``notebooks/`` (None if none)."""
+    env = os.environ.get(ROOT_ENV)
+    return Path(env).resolve() if env else installed_root() or _walk_up(Path.cwd())
+
+
+def kernel_root() -> Path | None:
+    """The repository a notebook kernel works in: ``VESPA_ROOT`` (set by ``vespa-ops``), else the
+    folder above the working folder's ``notebooks/`` (JupyterLab starts kernels beside the notebook),
+    else the installed checkout."""
+    env = os.environ.get(ROOT_ENV)
+    return Path(env).resolve() if env else _walk_up(Path.cwd()) or installed_root()
+
+
+def enter_repository() -> Path:
+    """Make the repository root the kernel's working folder; relative parameters are read from there."""
+    root = kernel_root()
+    if root is not None and Path.cwd().resolve() != root:
+        os.chdir(root)
+    return Path.cwd()
 
 
 def find_outputs(start_dir: Path | None = None) -> Path:

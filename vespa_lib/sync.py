@@ -149,9 +149,40 @@ def plan_sync(source: str | SyncSource, con: Any, as_of: date, *, establishment_
     scope = list(establishment_scope) if establishment_scope else None
     year, calendar = years.running_years(as_of)  # each school's own running year (DOMAIN.md §4)
     src = source if isinstance(source, SyncSource) else open_source(source, year, **source_options)
+    archived, cohort = cohort_years(year, planmod.archived_years(con), calendar)
     rows = rowsmod.build_rows(src, year, _Reader(con), convert_q29_percentage=convert_q29_percentage,
-                              establishment_scope=scope, year_fallback=None, calendar_year=calendar)
+                              establishment_scope=scope, year_fallback=None, calendar_year=calendar,
+                              archived_years=archived, cohort_years=cohort)
     return plan_for_rows(rows, src, con, as_of, establishment_scope=scope)
+
+
+def cohort_years(year: str, archived: list[str], calendar: str | None = None) -> tuple[list[str], list[str]]:
+    """(archived, open) cohort years a late cycle of the sync of ``year`` can belong to (docs/DOMAIN.md,
+    "Cohort rule across 1 August"): the year before the UK running year ``year`` and the year before the
+    calendar-year schools' running year ``calendar`` (default: the calendar year counted in ``year``). A
+    calendar year ``Y/Y`` counts as archived when it is, or when the UK year ``Y/Y+1`` it is counted in
+    is. A late cycle of an archived year is set aside; of an open one, written into that year."""
+    closed = set(archived) | {f"{y[:4]}/{y[:4]}" for y in archived if not years.is_calendar_label(y)}
+    cal_first = int((calendar or year)[:4])
+    before = [years.previous_year(year), f"{cal_first - 1}/{cal_first - 1}"]
+    return sorted(closed), [y for y in before if y not in closed]
+
+
+def _open_cohort_rows(con: Any, tables: dict[str, pa.Table], extra: list[str]) -> dict[str, pa.Table]:
+    """Every live row of the open cohort years ``extra`` that the built rows do not replace, planned
+    unchanged: the sync writes a late cycle into its open year and deletes nothing there. Read-only."""
+    out = {}
+    for table, keys in sync_checks.KEYS.items():
+        names = ["email", "academic_year", *keys[2:]]
+        want = tables[table].select(names).to_pylist()
+        have = {tuple(str(r[k]) for k in names) for r in want if r["academic_year"] in extra}
+        live = sync_checks.db_slice(con, table, extra)
+        live = live.drop_columns([c for c in ("est", "establishment_id") if c in live.column_names
+                                  and not (table == "students" and c == "establishment_id")])
+        mask = [tuple(str(v) for v in key) not in have for key in zip(*(live.column(k).to_pylist() for k in names),
+                                                                        strict=True)] if live.num_rows else []
+        out[table] = sync_checks.concat(tables[table], live.filter(pa.array(mask, pa.bool_())))
+    return out
 
 
 def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: date, *,
@@ -168,12 +199,18 @@ def plan_for_rows(rows: rowsmod.ImportRows, src: SyncSource, con: Any, as_of: da
     anchored = kept.pop("_anchored")
     relabels = kept.pop("_relabels")
     tables = {t: sync_checks.concat(tables[t], kept[t]) for t in TABLES}
+    own = labels
+    open_cohorts = cohort_years(year, planmod.archived_years(con), calendar)[1]  # a late cycle of an open year is written there
+    extra = sorted(set(rows.students.column("academic_year").to_pylist()) & set(open_cohorts) - set(labels))
+    if extra:
+        tables, labels = _open_cohort_rows(con, tables, extra), sorted(set(labels) | set(extra))
     desired = planmod.Desired(tables, years=labels, establishment_ids=est_ids, allow_delete=True)
     plan = planmod.plan_changes(con, desired, keep=True)  # reused by apply_sync when still valid
     archived = planmod.archived_years(con)
     drift = sync_checks.drift(con, desired, labels, anchored)
+    drift.late_cycles = sync_checks.late_cycles(rows, src)
     checks = sync_checks.proofs(con, src, rows, desired, plan, drift, labels=labels, archived=archived,
-                                est_ids=est_ids, anchored=anchored, running=(year, calendar))
+                                est_ids=est_ids, anchored=anchored, own_labels=own, running=(year, calendar))
     checks.append(sync_checks.label_proof(relabels))
     unsyncable = sync_checks.unsyncable(rows)
     return SyncPlan(year, as_of, labels, plan, desired, rows, checks, drift, unsyncable, src.summary(), archived,

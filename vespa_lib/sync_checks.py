@@ -18,7 +18,8 @@ Each is ``{"name", "passed", "figures", "detail"}``, as ``runbook.Run.check`` ta
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -32,7 +33,7 @@ from .rows_sql import ELEMENTS
 from .schema import dialect_of
 from .years import uk_year_sql
 
-__all__ = ["Drift", "concat", "drift", "fetch_arrow", "kept_as_is", "label_proof", "proofs", "unsyncable"]
+__all__ = ["Drift", "concat", "drift", "fetch_arrow", "kept_as_is", "label_proof", "late_cycles", "proofs", "unsyncable"]
 
 KEYS = {"students": ("email", "cy"), "vespa_scores": ("email", "cy", "cycle"),
         "question_responses": ("email", "cy", "cycle", "question_id")}
@@ -43,7 +44,8 @@ COMPARED = {"students": ("academic_year", "knack_id", "name", "establishment_id"
 # Reasons a record cannot be synced, grouped as issue 5 item 4 names them.
 REASON_GROUPS = {"no_email": "no_email", "invalid_email": "no_email", "no_establishment": "no_establishment",
                  "unknown_establishment": "no_establishment", "no_date": "no_date", "bad_date": "no_date",
-                 "stale_date": "other_year", "outside_import_year": "other_year"}
+                 "stale_date": "other_year", "outside_import_year": "other_year",
+                 "late_cycle_of_archived_year": "late_cycle"}
 
 
 def _q(name: str) -> str:
@@ -215,6 +217,7 @@ class Drift:
     rows: pd.DataFrame
     students: pd.DataFrame
     summary: pd.DataFrame
+    late_cycles: pd.DataFrame = field(default_factory=pd.DataFrame)  # set aside: a person adds them
 
     def kinds(self) -> dict[str, int]:
         """Students per drift kind."""
@@ -318,6 +321,24 @@ ORDER BY 1, 2
 """
 
 
+def late_cycles(rows: Any, src: Any) -> pd.DataFrame:
+    """Late cycles of an archived year the sync set aside (docs/DOMAIN.md, "Cohort rule across 1 August"):
+    record, file line, cohort year, and how a person adds them: a guarded import of that year from this
+    export with ``late_cycles_only`` (it plans only those records; approve its fingerprint). Read-only."""
+    q = rows.quarantine.to_pandas()
+    q = q[q["reason"] == "late_cycle_of_archived_year"]
+    cols = ["record_id", "line_number", "email", "cohort_year", "detail", "how_to_add"]
+    if q.empty:
+        return pd.DataFrame(columns=cols)
+    folder = Path(next(iter(src.files.values()))).parent if getattr(src, "files", None) else "<a fresh export folder>"
+    q["cohort_year"] = q["detail"].str.extract(r"continues the (\d{4}/\d{4}) cohort", expand=False)
+    q["how_to_add"] = q["cohort_year"].map(
+        lambda y: f"vespa-ops run import -p snapshot_dir={folder} -p academic_year={y} -p late_cycles_only=true "
+                  "-p mode=plan; review the plan (only the late cycles), then run again with -p mode=apply "
+                  "-p approve=<its fingerprint>")
+    return q[cols].reset_index(drop=True)
+
+
 def unsyncable(rows: Any) -> pd.DataFrame:
     """Records the source has that cannot be synced: object, record, reason, group, detail. Read-only."""
     q = rows.quarantine.to_pandas()
@@ -337,9 +358,10 @@ def _check(name: str, passed: bool, figures: dict, detail: str) -> dict:
 
 def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift, *, labels: list[str],
            archived: list[str], est_ids: list[str] | None, anchored: list[tuple[str, str]] = (),
-           running: tuple[str, str] | None = None) -> list[dict]:
-    """The proofs (module docstring), each with its figures; ``running`` = (UK running year, calendar
-    running year) adds the per-establishment proof. Read-only."""
+           own_labels: list[str] | None = None, running: tuple[str, str] | None = None) -> list[dict]:
+    """The proofs (module docstring), each with its figures. Read-only. ``own_labels``: the sync's own
+    years when ``labels`` also holds an open cohort year it writes a late cycle into; ``running`` = (UK
+    running year, calendar running year) adds the per-establishment proof."""
     dc = duckwork.connect()
     for table in KEYS:
         dc.register(table, desired.tables[table])
@@ -347,8 +369,9 @@ def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift
     dc.register("built_scores", rows.vespa_scores)
     dc.register("ests", fetch_arrow(con, "SELECT CAST(id AS TEXT) AS id, knack_id, is_australian, use_standard_year "
                                          "FROM establishments"))
-    out = [_archived(dc, plan, archived), _own_dates(dc, rows), _one_year(dc), _no_f10(dc, src, rows),
-           _other_years(dc, plan, labels, rows), _deletions(plan, drift_, labels, est_ids, list(anchored))]
+    out = [_archived(dc, plan, archived), _own_dates(dc, rows), _one_year(dc, own_labels or labels),
+           _no_f10(dc, src, rows), _other_years(dc, plan, labels, rows),
+           _deletions(plan, drift_, labels, est_ids, list(anchored))]
     if running is not None:
         dc.register("built_answers", rows.question_responses)
         out.append(_running_year_per_establishment(dc, running, archived))
@@ -357,8 +380,10 @@ def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift
 
 def _running_year_per_establishment(dc: duckdb.DuckDBPyConnection, running: tuple[str, str],
                                     archived: list[str]) -> dict:
-    """Each school's own current year (DOMAIN.md §4): every row built from the source (students,
-    scores, answers) carries its establishment's running year, and no school's running year is archived."""
+    """Each school's own current year (docs/DOMAIN.md, "Each school's own running year"): every row built
+    from the source (students, scores, answers) carries its establishment's running year, and no school's
+    running year is archived. A late cycle continuing an open cohort (its cycle-1 year) is proved by
+    ``years_from_own_dates`` instead."""
     uk, calendar = running
     rule = "coalesce(e.is_australian AND e.use_standard_year = false, false)"
     parts = " UNION ALL ".join(f"SELECT '{t}' AS tbl, email, academic_year FROM {v}" for t, v in
@@ -367,8 +392,9 @@ def _running_year_per_establishment(dc: duckdb.DuckDBPyConnection, running: tupl
     per = dc.execute(f"""SELECT e.knack_id, CASE WHEN {rule} THEN ? ELSE ? END AS running,
             count(*) FILTER (r.tbl = 'students') AS students, count(*) AS rows,
             count(*) FILTER (r.academic_year <> CASE WHEN {rule} THEN ? ELSE ? END) AS other_year
-        FROM ({parts}) r JOIN built_students s ON s.email = r.email
+        FROM ({parts}) r JOIN built_students s ON s.email = r.email AND s.academic_year = r.academic_year
         LEFT JOIN ests e ON e.id = CAST(s.establishment_id AS VARCHAR)
+        WHERE s._year_rule IS DISTINCT FROM 'cohort_continued'
         GROUP BY 1, 2 ORDER BY 1""", [calendar, uk, calendar, uk]).fetchall()
     schools = {k or "(none)": {"running_year": y, "students": int(n), "rows": int(m), "rows_in_another_year": int(o),
                                "running_year_archived": y in archived} for k, y, n, m, o in per}
@@ -392,31 +418,38 @@ def _archived(dc: duckdb.DuckDBPyConnection, plan: Any, archived: list[str]) -> 
 
 
 def _own_dates(dc: duckdb.DuckDBPyConnection, rows: Any) -> dict:
-    """F1: each built student's year equals the year of its own latest completion date."""
+    """F1: each built student's year equals the year of its own latest completion date, except a late cycle
+    continuing its cycle-1 cohort (docs/DOMAIN.md, "Cohort rule across 1 August"), counted apart."""
     year_of = (f"CASE WHEN coalesce(e.is_australian AND e.use_standard_year = false, false) "
                f"THEN CAST(year(d) AS VARCHAR) || '/' || CAST(year(d) AS VARCHAR) ELSE {uk_year_sql('d')} END")
     bad = dc.execute(f"""SELECT count(*) FILTER (d IS NULL), count(*) FILTER ({year_of} <> s.academic_year), count(*)
         FROM built_students s LEFT JOIN ests e ON e.id = CAST(s.establishment_id AS VARCHAR)
         LEFT JOIN (SELECT email, academic_year, max(completion_date) AS d FROM built_scores GROUP BY 1, 2) c
-               ON c.email = s.email AND c.academic_year = s.academic_year""").fetchall()[0]
+               ON c.email = s.email AND c.academic_year = s.academic_year
+        WHERE s._year_rule IS DISTINCT FROM 'cohort_continued'""").fetchall()[0]
     fallback = int(rows.rule_counts.get("year_rule.snapshot_year", 0))
     figures = {"students": bad[2], "without_own_date": bad[0], "year_differs_from_date": bad[1],
-               "decided_by_fallback": fallback, "set_aside_no_date": int(rows.rule_counts.get("quarantine.no_date", 0)),
+               "decided_by_fallback": fallback,
+               "late_cycles_of_open_cohorts": int(rows.rule_counts.get("year_rule.cohort_continued", 0)),
+               "set_aside_no_date": int(rows.rule_counts.get("quarantine.no_date", 0)),
                "set_aside_bad_date": int(rows.rule_counts.get("quarantine.bad_date", 0))}
     return _check("years_from_own_dates", not (bad[0] or bad[1] or fallback), figures,
                   "every row's year is its record's completion date's year (F1); blank dates are set aside")
 
 
-def _one_year(dc: duckdb.DuckDBPyConnection) -> dict:
-    """F8: every answered student × cycle has scores of the same year, and one year only."""
+def _one_year(dc: duckdb.DuckDBPyConnection, own: list[str]) -> dict:
+    """F8: every answered student × cycle has scores of the same year, and one year only (among the
+    sync's own years: an open cohort year's kept rows hold re-enrolled students' earlier cycles)."""
     r = dc.execute("""SELECT
-        (SELECT count(*) FROM (SELECT DISTINCT email, academic_year, cycle FROM question_responses) a
+        (SELECT count(*) FROM (SELECT DISTINCT email, academic_year, cycle FROM question_responses
+                                 WHERE list_contains($own, academic_year)) a
          WHERE NOT EXISTS (SELECT 1 FROM vespa_scores s WHERE s.email = a.email AND s.cycle = a.cycle
                            AND s.academic_year = a.academic_year)),
         (SELECT count(*) FROM (SELECT email, cycle FROM (SELECT email, cycle, academic_year FROM vespa_scores
                                UNION SELECT email, cycle, academic_year FROM question_responses)
+                               WHERE list_contains($own, academic_year)
                                GROUP BY 1, 2 HAVING count(DISTINCT academic_year) > 1)),
-        (SELECT count(*) FROM (SELECT DISTINCT email, cycle FROM question_responses))""").fetchall()[0]
+        (SELECT count(*) FROM (SELECT DISTINCT email, cycle FROM question_responses))""", {"own": list(own)}).fetchall()[0]
     return _check("one_year_per_student_cycle", not (r[0] or r[1]),
                   {"answered_student_cycles": r[2], "answers_year_differs_from_scores": r[0],
                    "student_cycles_in_two_years": r[1]},

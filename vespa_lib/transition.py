@@ -50,6 +50,7 @@ from .transition_checks import (  # noqa: F401 - re-exported API
     archived_counts_match_ledger,
     archived_rows_marked_and_protected,
     canonical_year_labels,
+    cohort_in_one_year,
     current_year_matches_last_sync,
     last_sync,
     sync_ran_every_night,
@@ -103,7 +104,8 @@ def validate_all(con: Any, as_of: date, *, expected: dict | None = None, window_
                 national_benchmarks_complete(con), canonical_year_labels(con)]
     return [archived_counts_match_ledger(con, expected), current_year_matches_last_sync(con, as_of),
             archived_rows_marked_and_protected(con), sync_ran_every_night(con, as_of, window_days),
-            dashboard_year_switching(con), national_benchmarks_complete(con), canonical_year_labels(con)]
+            dashboard_year_switching(con), national_benchmarks_complete(con), canonical_year_labels(con),
+            cohort_in_one_year(con)]
 
 
 def close_year_for(as_of: date, close_year: str = "") -> str:

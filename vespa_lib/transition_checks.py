@@ -12,6 +12,7 @@ tries a write (archive protection on PostgreSQL) does it inside a transaction it
     dashboard_year_switching           (transition_dashboard) year list, one year per view, statistics
     national_benchmarks_complete       (transition_dashboard) national rows for every year/cycle/element
     canonical_year_labels              no label other than ``YYYY/YYYY`` anywhere
+    cohort_in_one_year                 no cohort's cycles in two years without a reset record
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .schema import PRODUCTION_TABLES, dialect_of, table_columns
 from .transition_ledger import ledger_runs, live_counts, year_counts
 
 __all__ = ["OK_SYNC", "CheckResult", "archived_counts_match_ledger", "archived_rows_marked_and_protected",
-           "archived_years", "canonical_year_labels", "current_year", "current_year_matches_last_sync",
+           "archived_years", "canonical_year_labels", "cohort_in_one_year", "current_year", "current_year_matches_last_sync",
            "last_sync", "sync_ran_every_night"]
 
 OK_SYNC = ("applied", "no changes", "planned")  # a sync_check run that ran to the end (planned: older ledgers)
@@ -260,3 +261,47 @@ def canonical_year_labels(con: Any) -> CheckResult:
     return CheckResult("canonical_year_labels", bad.empty, frame,
                        {"noncanonical_rows": int(bad["rows"].sum()), "labels": sorted(map(str, bad["academic_year"]))},
                        detail)
+
+
+# --- 8. cohorts -----------------------------------------------------------------------------------
+
+_SAME_C1 = " AND ".join(f"c1.{e} = c2.{e}" for e in ("vision", "effort", "systems", "practice", "attitude", "overall"))
+_COHORTS = f"""
+WITH c AS (SELECT lower(s.email) AS email, t.academic_year AS y, t.cycle, t.vision, t.effort, t.systems, t.practice,
+                  t.attitude, t.overall, t.completion_date FROM vespa_scores t JOIN students s ON s.id = t.student_id),
+ys AS (SELECT email, y, bool_or(cycle = 1) AS has_c1, bool_or(completion_date IS NOT NULL) AS dated
+       FROM c GROUP BY email, y)
+SELECT a.email, a.y, b.y, b.has_c1, b.dated,
+       EXISTS (SELECT 1 FROM c c1 JOIN c c2 ON c2.email = c1.email AND c2.cycle = 1 AND c2.y = b.y
+               WHERE c1.email = a.email AND c1.cycle = 1 AND c1.y = a.y AND {_SAME_C1})
+FROM ys a JOIN ys b ON b.email = a.email AND substr(b.y, 1, 4) > substr(a.y, 1, 4)
+ORDER BY 2, 3, 1
+"""
+
+
+def cohort_in_one_year(con: Any) -> CheckResult:
+    """Students whose cycles sit in two years without a reset record explaining it (docs/DOMAIN.md,
+    "Cohort rule across 1 August"): the later year has no cycle 1 of its own, or its cycle 1 equals the
+    earlier year's (the cohort copied into the new year). A later year with its own, different cycle 1
+    is a reset record or a re-enrolment: explained. Emails masked. Read-only."""
+    from .privacy import mask_email  # noqa: PLC0415
+
+    rows = [{"email": mask_email(e), "earlier_year": a, "later_year": b, "later_has_cycle_1": bool(c1),
+             "same_cycle_1": bool(same), "later_year_dated": bool(dated), "passed": bool(c1) and not same}
+            for e, a, b, c1, dated, same in run(con, _COHORTS)]
+    frame = pd.DataFrame(rows, columns=["email", "earlier_year", "later_year", "later_has_cycle_1", "same_cycle_1",
+                                        "later_year_dated", "passed"])
+    unexplained = frame[~frame["passed"].astype(bool)]
+    split = unexplained[unexplained["later_year_dated"].astype(bool)]  # the late-cycle signature: a dated move
+    undated = len(unexplained) - len(split)  # F1 residue: copies without any date, which no date rule made
+    detail = (f"{len(frame)} student(s) in two years, each explained by a reset record (a cycle 1 of its own)"
+              if split.empty else f"{len(split)} student(s) have one cohort's cycles in two years (a dated later "
+              "year without its own cycle 1, or with the earlier year's): move those cycles back to the cycle-1 "
+              "year with a guarded import of it")
+    if undated:
+        detail += (f"; {undated} undated later-year cop{'y' if undated == 1 else 'ies'} of an earlier cohort "
+                   "(F1 residue, no completion date: not a cohort split) listed for review")
+    return CheckResult("cohort_in_one_year", split.empty, frame,
+                       {"students_in_two_years": len(frame), "split_cohorts": len(split),
+                        "later_year_without_cycle_1": int((~split["later_has_cycle_1"]).sum()),
+                        "cycle_1_copied": int(split["same_cycle_1"].sum()), "undated_copies": undated}, detail)

@@ -10,7 +10,9 @@ Planted against the database's current year: new completions (new students; a ne
 existing one), edited scores, students deleted from Knack, stale records dated in the archived year
 (the F2 upsert would have rewritten 2024/2025 with them), a new re-enrolment (same email as a
 2024/2025 student, new record id), F10 copies in the export, blank dates (F1: never today's year)
-and the decoding quirks. Outcome rules (the import chains of docs/ARCHITECTURE.md for the year N of
+the cohort rule across 1 August (the next cycle of a student of the archived year, completed just after
+1 August with the same cycle 1: ``late_cycle_of_archived_year``; a reset record of such a student with a
+new cycle 1: ``cohort_started``) and the decoding quirks. Outcome rules (the import chains of docs/ARCHITECTURE.md for the year N of
 ``as_of``): email → establishment (object_6 account, then unambiguous email domain) → date (blank →
 ``no_date``, unparseable → ``bad_date``, benchmark year before N → ``stale_date``, after N →
 ``outside_current_year``; each school against its own running year) → scores (F10 copies dropped,
@@ -150,6 +152,36 @@ def read_db(path: Path, as_of: date) -> DbYear:
     finally:
         con.close()
     return DbYear(year, schools, students, scores, answers, domains, calendar)
+
+
+def read_cycle1(path: Path, year: str) -> dict[tuple[str, str], dict]:
+    """(email, label) -> the database's cycle-1 row of the years before ``year`` (UK and calendar), with
+    the student's record id, school, attributes and every cycle's scores and answers (the cohort rule's
+    evidence). Read-only."""
+    first = int(year[:4])
+    labels = [years.previous_year(year), f"{first - 1}/{first - 1}", f"{first}/{first}"]
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute("""SELECT lower(s.email), t.academic_year, s.knack_id, CAST(s.establishment_id AS VARCHAR),
+                   s.name, s.year_group, s.gender, s.course, s.faculty, s."group",
+                   (SELECT list([o.cycle, o.vision, o.effort, o.systems, o.practice, o.attitude, o.overall] ORDER BY o.cycle)
+                    FROM vespa_scores o WHERE o.student_id = s.id AND o.academic_year = t.academic_year),
+                   (SELECT list([CAST(q.cycle AS VARCHAR), q.question_id, CAST(q.response_value AS VARCHAR)])
+                    FROM question_responses q WHERE q.student_id = s.id AND q.academic_year = t.academic_year)
+            FROM vespa_scores t JOIN students s ON s.id = t.student_id AND s.academic_year = t.academic_year
+            WHERE t.cycle = 1 AND list_contains($1, t.academic_year) ORDER BY 1, 2""", [labels]).fetchall()
+    finally:
+        con.close()
+    out = {}
+    for r in rows:
+        cycles = {c[0]: tuple(c[1:]) for c in r[10] or []}
+        answers: dict[int, dict[str, int]] = {}
+        for c, q, v in r[11] or []:
+            answers.setdefault(int(c), {})[q] = int(v)
+        out[(r[0], r[1])] = {"six": cycles[1], "cycles": cycles, "answers": answers, "knack_id": r[2],
+                             "establishment_id": r[3], "name": r[4], "year_group": r[5],
+                             **dict(zip(("gender", "course", "faculty", "group"), r[6:10], strict=True))}
+    return out
 
 
 def read_snapshot_truth(path: Path) -> list[dict[str, str]]:
@@ -343,6 +375,57 @@ def _plan_new(plan: Plan, db: DbYear, snap: dict[str, dict], rng: random.Random,
             s.quirks.add("blank_date" if cell == "" else "unparseable_date")
 
 
+def _new_six(nprng: np.random.Generator, avoid: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Answers and scores of a new cycle whose six scores differ from ``avoid``."""
+    while True:
+        answers = random_answers(nprng, 1)[0]
+        scores = score_matrix(answers[None])[0]
+        if tuple(int(v) for v in scores) != tuple(avoid):
+            return answers, scores
+
+
+def _plan_cohorts(plan: Plan, db: DbYear, cycle1: dict, snap: dict[str, dict], rng: random.Random,
+                  nprng: np.random.Generator) -> None:
+    """The cohort rule across 1 August (docs/DOMAIN.md): students of the year before with only a cycle 1 in
+    the database (and no snapshot record the import would rewrite) get either their next cycle completed
+    just after 1 August (same cycle 1: it continues their cohort, an archived year, so it is set aside
+    as ``late_cycle_of_archived_year``) or a reset record (a new record and a new cycle 1 on 15 September:
+    it starts a cohort in the current year, ``cohort_started``)."""
+    taken = {r.student.email for r in plan.records} | {r["email"] for r in db.students}
+    prev = years.previous_year(db.year)
+    pool = [(e, v) for (e, label), v in sorted(cycle1.items()) if label == prev and max(v["cycles"]) < 3
+            and sorted(v["cycles"]) == list(range(1, max(v["cycles"]) + 1)) and e not in taken
+            and (e not in snap or snap[e]["expected_score_rows"] == str(len(v["cycles"])))  # the import keeps them
+            and v["establishment_id"] in db.schools
+            and not _calendar(db.schools[v["establishment_id"]])]
+    k = max(1, min(2, len(pool) // 2))
+    first = years.year_start(db.year)
+    for j, (email, v) in enumerate(rng.sample(pool, min(2 * k, len(pool)))):
+        late = j < k
+        school = db.schools[v["establishment_id"]]
+        name_first, _, name_last = (v["name"] or "Sam Student").partition(" ")
+        created = datetime.combine(first - timedelta(days=300), datetime.min.time())
+        rid = v["knack_id"] if late else object_id(rng, created + timedelta(days=340))
+        n = max(v["cycles"]) + 1
+        s = Student(0, rid, email, name_first, name_last or "Student", school, created,
+                    created + timedelta(days=330), n if late else 1, year_group=v["year_group"] or "12")
+        s.o29_link, s.has_object6 = "id", True
+        answers, scores = np.zeros((3, len(QIDS)), np.int8), np.zeros((3, 6), np.int8)
+        if late:
+            for c, six in v["cycles"].items():  # the database's cycles, unchanged
+                answers[c - 1] = [v["answers"].get(c, {}).get(q, 0) for q in QIDS]
+                scores[c - 1] = six
+            answers[n - 1], scores[n - 1] = _new_six(nprng, v["cycles"][n - 1])
+            day = first + timedelta(days=rng.randint(1, 9))  # 2..10 August
+        else:
+            answers[0], scores[0] = _new_six(nprng, v["six"])
+            day = date(first.year, 9, 15)
+        _date_cell(rng, s, day)
+        kind = "late_cycle" if late else "reset_record"
+        s.quirks.add(kind)
+        plan.add(Record(s, kind, v if late else None), answers, scores)
+
+
 @dataclass
 class Decision:
     """The outcome the sync must reach for one object_10 record, with its desired rows."""
@@ -382,9 +465,17 @@ def kept_cycles(cells: dict[str, str], day: date) -> dict[int, tuple]:
     return {c: (v, day if c == latest else None) for c, v in kept.items()}
 
 
-def decide(s: Student, cells: dict[str, str], ctx: Context, year: str, calendar: str = "") -> Decision:
+def _previous_label(label: str) -> str:
+    first = int(label[:4]) - 1
+    return f"{first}/{first}" if years.is_calendar_label(label) else f"{first}/{first + 1}"
+
+
+def decide(s: Student, cells: dict[str, str], ctx: Context, year: str, calendar: str = "",
+           cycle1: dict | None = None) -> Decision:
     """The sync's outcome for one object_10 record (module docstring: the rule chain). ``year`` is the
-    UK running year, ``calendar`` the calendar-year schools' (default: the calendar year counted in ``year``)."""
+    UK running year, ``calendar`` the calendar-year schools' (default: the calendar year counted in
+    ``year``). ``cycle1``: the database's cycle-1 rows (``read_cycle1``) for the cohort rule; their years
+    are archived by the time the sync runs (the demo imports and archives them first)."""
     email = knack.decode_email(s.email_cell)
     if not email.ok:
         return Decision("set_aside", "no_email" if email.reason == "blank" else "invalid_email")
@@ -398,6 +489,13 @@ def decide(s: Student, cells: dict[str, str], ctx: Context, year: str, calendar:
     label = years.academic_year_for(day, is_australian=school.is_australian,
                                     use_standard_year=school.use_standard_year)
     out = Decision("sync", "", label, "completion_date", school, est_rule)
+    before = (cycle1 or {}).get((email.value, _previous_label(label)))
+    if before is not None and _six(cells, "c1") is not None:
+        if _six(cells, "c1") == tuple(before["six"]):
+            out.expected, out.reason = "set_aside", "late_cycle_of_archived_year"
+            out.year, out.year_rule = _previous_label(label), "cohort_continued"
+            return out
+        out.year_rule = "cohort_started"
     own = (calendar or year) if years.is_calendar_label(label) else year  # each school's own running year
     first, current_first = int(label[:4]), int(own[:4])
     if first != current_first:
@@ -519,11 +617,12 @@ def _truth_row(obj: str, rid: str, s: Student, dec: Decision, answer_rows: int, 
 
 
 def _write_records(export: Path, tag: str, pop: Population, plan: Plan, db: DbYear, ctx: Context,
-                   truth: csv.writer, seed: int) -> set[tuple[str, str]]:
+                   truth: csv.writer, seed: int, cycle1: dict | None = None) -> set[tuple[str, str]]:
     """Stream object_10 then object_29 with their truth rows; returns the synced (email, year) keys."""
     rng10, rng29 = random.Random(seed + 61), random.Random(seed + 62)
     cols29 = headers("object_29", False)
-    decisions = [decide(s, _score_cells(pop, r, s), ctx, db.year, db.calendar) for r, s in enumerate(pop.students)]
+    decisions = [decide(s, _score_cells(pop, r, s), ctx, db.year, db.calendar, cycle1)
+                 for r, s in enumerate(pop.students)]
     o29 = {r: object29_student_row(pop, r, s, rng29, cols29) for r, s in enumerate(pop.students) if s.o29_link}
     for r, dec in enumerate(decisions):
         if dec.expected == "sync" and r in o29:
@@ -590,6 +689,8 @@ def generate_fresh_export(out_dir: str | Path, *, seed: int = 2025, students: in
     plan = Plan()
     _plan_db_students(plan, db, snap, rng, nprng, as_of)
     _plan_new(plan, db, snap, rng, nprng, as_of, max(6, round(0.04 * len(db.students))) if students is None else students)
+    cycle1 = read_cycle1(out / "production.duckdb", db.year)
+    _plan_cohorts(plan, db, cycle1, snap, random.Random(seed * 1009 + 7), np.random.default_rng(seed + 607))
     pop = Population(list(db.schools.values()), [r.student for r in plan.records], np.stack(plan.answers),
                      np.stack(plan.scores), db.year)
     render_keys(pop, random.Random(seed + 60), False)
@@ -604,7 +705,7 @@ def generate_fresh_export(out_dir: str | Path, *, seed: int = 2025, students: in
         _write_accounts(export / f"FullObject_6_{tag}.csv", pop, truth, random.Random(seed + 63))
         ctx = Context({s.name: s for s in pop.schools}, _accounts_map(export / f"FullObject_6_{tag}.csv"),
                       db.domains, db.year)
-        synced = _write_records(export, tag, pop, plan, db, ctx, truth, seed)
+        synced = _write_records(export, tag, pop, plan, db, ctx, truth, seed, cycle1)
         _write_extras(truth, db, synced, {s.email for s in pop.students})
     return export
 
