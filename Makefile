@@ -7,7 +7,7 @@ DEMO   ?= data/demo
 KERNEL := vespa
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint lab bench bench-sync clean
+.PHONY: help install demo test test-realistic lint lab bench bench-sync chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,11 +36,18 @@ lint: $(STAMP)  ## ruff
 lab: $(STAMP)  ## open JupyterLab on notebooks/ with the project kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(STAMP)  ## benchmark at realistic scale (SPEC §9); BENCH_ARGS="--scale 10" for 10x
+test-realistic: $(STAMP)  ## only the import runbook through vespa-ops at realistic scale (also part of make test)
+	$(PY) -m pytest tests/test_import_realistic.py -s
+
+bench: $(STAMP)  ## benchmark at realistic scale: library phases, then the import through vespa-ops into PostgreSQL; BENCH_ARGS="--scale 10" for 10x
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
-bench-sync: $(STAMP)  ## benchmark the nightly sync_check at realistic scale (issue 5: plan + apply <= 30 s)
-	$(PY) scripts/bench_sync.py
+bench-sync: $(STAMP)  ## benchmark sync_check at realistic scale (plan + apply <= 30 s): library calls, then through vespa-ops
+	$(PY) scripts/bench_sync.py $(BENCH_SYNC_ARGS)
+
+chaos: $(STAMP)  ## SIGKILL (process + kernel) and crash-restart PostgreSQL during realistic imports; heavy, not in CI
+	test -f data/chaos/realistic/truth.csv || $(PY) -m vespa_lib.synth --out data/chaos/realistic --scale realistic
+	$(PY) scripts/chaos.py --data data/chaos/realistic --out data/chaos/run $(CHAOS_ARGS)
 
 clean:  ## remove generated data and the virtual environment (outputs/ is kept: it is evidence)
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

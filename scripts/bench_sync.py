@@ -8,7 +8,15 @@ current year, apply with the plan's fingerprint, re-plan (must plan zero changes
 write nothing). Reports drift, plan counts per table × year, the planner's and the guard's timings and
 inclusive spans of plan_sync's phases (the library functions wrapped in this process only). Prints a
 table with the bars and writes ``data/bench/sync-results-<timestamp>.json``. Writes only under
-``data/bench`` and the throw-away cluster. Kernel start and evidence writing are not included.
+``data/bench`` and the throw-away cluster. Kernel start and evidence writing are not included there.
+
+Then the runbook as a user runs it, through ``vespa-ops run sync_check`` into a fresh database of the
+same server (damaged database loaded, migrations and the import applied the same way): ``mode: plan``,
+then ``mode: apply`` approving the fingerprint the plan run recorded in its ``manifest.json`` (the run
+re-plans after its commit and checks zero changes). Wall time and peak memory of the vespa-ops process
+tree (kernel included) per run, beside the library's numbers. If the plan run fails (``mode: plan``
+opens the target read-only), the fingerprint is taken from an ``apply`` run with no approval (refused,
+nothing written, the fingerprint recorded) and the failure is reported. ``--ops-only`` / ``--no-ops``.
 """
 
 from __future__ import annotations
@@ -128,13 +136,58 @@ def sync_run(db, src, as_of: date, run_id: str, res: dict, key: str, backup: Pat
     return sp
 
 
-def measure(import_first: bool) -> dict:
+def ops_sync(export: Path, as_of: date, target: str, outputs: Path) -> dict:
+    """sync_check through vespa-ops: plan, then apply with the plan run's fingerprint (module docstring)."""
+    p = bench.param
+    common = ["-f", str(bench.PARAMS / "sync_check.yaml"), *p("source", f"csv:{export}"), *p("target", target),
+              *p("as_of", as_of.isoformat())]
+    steps, notes = [], []
+    plan = bench.run_ops(["run", "sync_check", *common, *p("mode", "plan"), *p("approve", "")], outputs)
+    steps.append(("plan", plan))
+    manifest = plan.get("manifest", {})
+    if plan["code"] != 0 or manifest.get("status") != "passed":
+        notes.append(f"mode=plan failed (exit {plan['code']}): {manifest.get('error') or manifest.get('checks')}")
+        refused = bench.run_ops(["run", "sync_check", *common, *p("mode", "apply"), *p("approve", "")], outputs)
+        steps.append(("apply, no approval (fingerprint)", refused))
+        manifest = refused.get("manifest", {})
+    fingerprint = manifest.get("plan_fingerprint")
+    if not fingerprint:
+        raise RuntimeError(f"no plan fingerprint in the sync_check evidence: {manifest.get('error')}")
+    applied = bench._ok(bench.run_ops(["run", "sync_check", *common, *p("mode", "apply"), *p("approve", fingerprint)],
+                                      outputs), "sync_check apply")
+    steps.append(("apply (re-plan inside)", applied))
+    return {"notes": notes, "steps": [{"step": name, "seconds": round(r["seconds"], 2), "peak_mb": round(r["peak_mb"]),
+                                       "code": r["code"], "status": r.get("manifest", {}).get("status"),
+                                       "slowest_cells_s": r.get("cells", {})} for name, r in steps]}
+
+
+def measure_ops(server: LocalPostgres, export: Path, as_of: date, import_first: bool) -> dict:
+    """The sync_check runbook through vespa-ops in a fresh database of ``server`` (migrated, imported)."""
+    os.environ[bench.ENV] = server.create_database("ops_sync")
+    bench.load_into_postgres(bench.dataset(1) / "production.duckdb", os.environ[bench.ENV])
+    migrate_and_import(bench.dataset(1), {}, import_first)
+    with tempfile.TemporaryDirectory(prefix="ops-sync-", dir=bench.BENCH) as tmp:
+        return ops_sync(export, as_of, f"postgres:{bench.ENV}", Path(tmp))
+
+
+def measure(import_first: bool, library: bool = True, ops: bool = True) -> dict:
     """Every measurement, in one throw-away PostgreSQL."""
     export, as_of = fresh_dataset()
     year = years.current_year(as_of)
     res: dict = {"export": str(export), "as_of": as_of.isoformat(), "year": year, "import_first": import_first}
+    with LocalPostgres() as server:
+        if library:
+            measure_library(server, export, as_of, res, import_first)
+        if ops:
+            res["ops"] = measure_ops(server, export, as_of, import_first)
+    return res
+
+
+def measure_library(server: LocalPostgres, export: Path, as_of: date, res: dict, import_first: bool) -> None:
+    """The runbook's library calls in this process (module docstring), into ``res``."""
+    year = res["year"]
     install_spies()
-    with LocalPostgres() as server, tempfile.TemporaryDirectory(dir=bench.BENCH) as backup:
+    with tempfile.TemporaryDirectory(dir=bench.BENCH) as backup:
         os.environ[bench.ENV] = server.create_database("bench")
         _, res["load_damaged_db_s"] = timed(bench.load_into_postgres, bench.dataset(1) / "production.duckdb",
                                             os.environ[bench.ENV])
@@ -152,7 +205,6 @@ def measure(import_first: bool) -> dict:
         _, res["sync_history_s"] = timed(sync.sync_history, db.con, limit=10)
         db.close()
     res["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return res
 
 
 def _top(d: dict, n: int = 8) -> str:
@@ -160,6 +212,25 @@ def _top(d: dict, n: int = 8) -> str:
 
 
 def report(res: dict) -> None:
+    if "first_plan_s" in res:
+        report_library(res)
+    if "ops" in res:
+        report_ops(res)
+
+
+def report_ops(res: dict) -> None:
+    print("\n  sync_check through vespa-ops (wall time of each command, peak MB of its process tree incl. the kernel)")
+    for note in res["ops"]["notes"]:
+        print(f"    NOTE: {note}")
+    for s in res["ops"]["steps"]:
+        print(f"    {s['step']:<34} {s['seconds']:8.2f} s  {s['peak_mb']:6d} MB  {s['status']}  slowest cells: "
+              + ", ".join(f"{k!r} {v:.1f}" for k, v in list(s["slowest_cells_s"].items())[:3]))
+    if "first_plan_s" in res:
+        print(f"    library-level (above): plan {res['first_plan_s']:.2f} s, apply {res['first_apply_s']:.2f} s, "
+              f"peak {res['peak_memory_mb']:.0f} MB")
+
+
+def report_library(res: dict) -> None:
     print(f"\nsync_check at realistic scale: as_of {res['as_of']} ({res['year']}), source {res['source_records']}")
     for key in ("load_damaged_db_s", "open_source_s", "migrations_s", "import_s", "first_plan_s", "first_apply_s",
                 "repeat_plan_s", "repeat_apply_s", "sync_history_s"):
@@ -187,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--no-import-first", dest="import_first", action="store_false",
                    help="sync straight after the migrations, without the 2024/2025 archive import first")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--ops-only", action="store_true", help="only the runbook through vespa-ops")
+    which.add_argument("--no-ops", action="store_true", help="only the library calls (no vespa-ops runs)")
     a = p.parse_args(argv)
     started = datetime.now()
-    res = measure(a.import_first)
+    res = measure(a.import_first, library=not a.ops_only, ops=not a.no_ops)
     report(res)
     path = bench.BENCH / f"sync-results-{started.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"started_at": started.isoformat(), **res}, indent=2, default=str), encoding="utf-8")

@@ -122,3 +122,81 @@ def test_plain_connection_cannot_see_uncommitted_apply(prepared, pg_dsn):
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
+
+
+# --- kills and crashes where nobody chose (scripts/chaos.py runs the heavy variants: make chaos) ----
+
+
+def _in_guarded_transaction(con) -> bool:
+    """A guarded run is inside its transaction: it holds the writers' lock exclusively."""
+    from vespa_lib.protect import WRITERS_LOCK_KEY
+
+    return bool(con.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND "
+                            "objid = %s AND objsubid = 1 AND mode = 'ExclusiveLock' AND granted",
+                            [WRITERS_LOCK_KEY >> 32, WRITERS_LOCK_KEY & 0xFFFFFFFF]).fetchone()[0])
+
+
+def _kill_at_random_moment(con, child: subprocess.Popen, delay: float) -> bool:
+    """Wait until the child's guard holds its lock, then ``delay`` seconds; SIGKILL. Whether it was inside."""
+    deadline = time.monotonic() + 60
+    while child.poll() is None and not _in_guarded_transaction(con) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(delay)
+    inside = _in_guarded_transaction(con)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=10)
+    return inside
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_at_a_random_moment_of_the_guarded_transaction(prepared, pg_dsn, seed):
+    """Not at a crash hook: a random moment after the guard took its lock. The database is as before,
+    or (killed after the commit) fully applied; the next apply then succeeds or has nothing to do."""
+    import random
+
+    before = _checksums(prepared)
+    delay = random.Random(seed).uniform(0, 1.5)
+    inside = _kill_at_random_moment(prepared, _run_child(pg_dsn, None), delay)
+    _wait_for_backends_gone(prepared)
+    committed = prepared.execute("SELECT count(*) FROM vespa_ops.ledger WHERE run_id = 'crash'").fetchone()[0]
+    print(f"seed {seed}: killed {delay:.2f} s after the lock, inside the transaction: {inside}, committed: {committed}")
+    if not committed:
+        assert _checksums(prepared) == before
+        done = _run_child(pg_dsn, None)
+        out, err = done.communicate(timeout=120)
+        assert "VESPA_APPLIED" in out, err
+    assert prepared.execute("SELECT count(*) FROM students WHERE is_archived").fetchone()[0] == N_STUDENTS
+    assert _checksums(prepared)["definitions"] == before["definitions"]
+
+
+def test_immediate_restart_of_the_server_during_the_apply(tmp_path):
+    """``pg_ctl restart -m immediate`` (a crash, then recovery) while the guard's transaction is open:
+    after recovery the database equals its checksums from before, and the next apply succeeds."""
+    from vespa_lib.localpg import LocalPostgres, create_database_on, dsn_with_dbname, find_binaries
+
+    if find_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries to start and crash a server of this test's own")
+    with LocalPostgres() as server:
+        create_database_on(server.dsn(), "crash")
+        dsn = dsn_with_dbname(server.dsn(), "crash")
+        con = connect("postgres", dsn)
+        migrate(con)
+        apply(con, __import__("test_plan").desired(students(OLD, EST_A, 50)), "earlier")
+        before = _checksums(con)
+        child = _run_child(dsn, None)
+        while child.poll() is None and not _in_guarded_transaction(con):
+            time.sleep(0.005)
+        time.sleep(0.3)
+        assert _in_guarded_transaction(con), "the apply ended before the restart"
+        con.close()
+        server._run("pg_ctl", "-w", "-t", "120", "-D", str(server.data_dir), "-l", str(server.folder / "server.log"),
+                    "-m", "immediate", "restart")
+        out, err = child.communicate(timeout=60)
+        assert child.returncode != 0 and "VESPA_APPLIED" not in out  # its connection was cut
+        con = psycopg.connect(dsn, autocommit=True)
+        assert _checksums(con) == before
+        done = _run_child(dsn, None)
+        out, err = done.communicate(timeout=120)
+        assert "VESPA_APPLIED" in out, err
+        assert con.execute("SELECT status FROM vespa_ops.ledger WHERE run_id = 'crash'").fetchone()[0] == "applied"
+        con.close()

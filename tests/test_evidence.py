@@ -149,11 +149,80 @@ def test_index_lists_runs_newest_first_escaped_with_links(tmp_path):
     (outputs / "2025-08-01" / "junk").mkdir()
     (outputs / "2025-08-01" / "junk" / "manifest.json").write_text("{not json")
     page = evidence.write_index(outputs).read_text()
-    assert page.index("sync_check") < page.index("audit")
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    rows = page[page.index("<tbody>"):]
+    assert rows.index('data-runbook="sync_check"') < rows.index('data-runbook="audit"')
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert '<span class="failed">failed</span>' in page and '<span class="passed">passed</span>' in page
     for run_dir in (old, new):
         rel = run_dir.relative_to(outputs).as_posix()
         for name in ("report.html", "manifest.json"):
             assert f'href="{rel}/{name}"' in page
     assert "2 run(s)" in page and "http" not in page
+
+
+# --- a run killed before it finished (docs/ARCHITECTURE.md "Evidence") -------------------------
+
+
+def _kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and every descendant (the papermill kernel runs in its own session, so a kill of
+    the process group would miss it). Returns the pids killed."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    procs = [parent, *parent.children(recursive=True)]
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    return [p.pid for p in procs]
+
+
+@pytest.mark.notebook
+def test_killed_run_leaves_a_running_manifest_shown_as_interrupted(tmp_path):
+    """``vespa-ops run`` and its kernel SIGKILLed mid-run: the folder holds a manifest written at the start
+    (status ``running``, parameters, start time), and the index shows the run as interrupted."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    outputs = tmp_path / "outputs"
+    notebooks = Path(__file__).parent / "fixtures" / "notebooks"
+    cli = subprocess.Popen([sys.executable, "-m", "vespa_lib.cli", "--notebooks", str(notebooks), "--outputs",
+                            str(outputs), "run", "selftest", "-p", "rows=3"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not psutil.Process(cli.pid).children(recursive=True):
+        time.sleep(0.05)  # the kernel is up: the run is under way
+    killed = _kill_tree(cli.pid)
+    assert len(killed) >= 2, "the kernel never started"
+    folders = list(outputs.glob("*/*_selftest_*"))
+    assert len(folders) == 1
+    manifest = json.loads((folders[0] / evidence.MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert manifest["status"] == "running" and manifest["finished_at"] is None
+    assert manifest["parameters"]["rows"] == 3 and manifest["pid"] == cli.pid
+    page = evidence.write_index(outputs).read_text(encoding="utf-8")
+    assert 'class="interrupted">interrupted' in page
+
+
+def test_index_tells_running_from_interrupted(tmp_path):
+    import os
+
+    outputs = tmp_path / "outputs"
+    alive = evidence.start_manifest(evidence.new_run_dir(outputs, "demo", run_id="a1")[1], runbook="demo",
+                                    run_id="a1", parameters={}, started_at=STARTED, scrubber=privacy.Scrubber([]))
+    assert alive["status"] == "running" and alive["pid"] == os.getpid()
+    dead_dir = evidence.new_run_dir(outputs, "demo", run_id="d1", now=STARTED)[1]
+    dead = evidence.start_manifest(dead_dir, runbook="demo", run_id="d1", parameters={}, started_at=STARTED,
+                                   scrubber=privacy.Scrubber([]))
+    dead["pid"] = 2 ** 22 + 1  # above pid_max: no such process
+    (dead_dir / evidence.MANIFEST_FILE).write_text(json.dumps(dead))
+    page = evidence.write_index(outputs).read_text(encoding="utf-8")
+    assert page.count('class="running">running') == 1 and page.count('class="interrupted">interrupted') == 1

@@ -180,3 +180,69 @@ def test_default_statistics_hook_recomputes_benchmark_years(duckdb_path):
     assert calls == [(["2024/2025", "2025/2026"], None)]
     assert guard._resolve_hook(None) is guard.default_statistics_hook
     assert guard._resolve_hook(False) is None
+
+
+# --- plain writers racing a guarded run (docs/ARCHITECTURE.md "Guarded writes", the writers' lock) ---
+
+RACES = {
+    # an existing score of the year the apply archives, a row the apply itself does not change
+    "update_unchanged_score": f"UPDATE vespa_scores SET vision = 1 WHERE academic_year = '{OLD}' AND cycle = 2 "
+                              f"AND student_id = (SELECT id FROM students WHERE academic_year = '{OLD}' "
+                              "ORDER BY email LIMIT 1)",
+    "insert_score": f"INSERT INTO vespa_scores (student_id, cycle, vision, academic_year) SELECT id, 3, 1, '{OLD}' "
+                    f"FROM students WHERE academic_year = '{OLD}' ORDER BY email LIMIT 1",
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("race", list(RACES))
+def test_plain_write_racing_an_apply_cannot_slip_into_the_archive(pg_dsn, race):
+    """While an apply that archives 2024/2025 is inside its transaction, another session writes a row of
+    that year: it waits for the guarded run, then is refused; the archive holds exactly the applied rows
+    and the verification re-plan has nothing to change and nothing refused."""
+    import threading
+
+    from vespa_lib import importer
+
+    target = connect("postgres", pg_dsn)
+    migrate(target)
+    apply(target, desired(students(OLD, EST_A, 3), cycles=(1, 2)), "r1")
+    want = desired(students(OLD, EST_A, 3, name="Renamed"), cycles=(1, 2))  # students change, scores do not
+    seen: dict = {}
+
+    def plain_writer():
+        with psycopg.connect(pg_dsn, autocommit=True) as other:
+            try:
+                other.execute(RACES[race])
+                seen["writer"] = "written"
+            except psycopg.Error as exc:
+                seen["writer"] = str(exc)
+
+    writer = threading.Thread(target=plain_writer)
+
+    def inside_the_apply(connection, dialect, years, establishment_ids):  # the guard's open transaction
+        writer.start()
+        writer.join(timeout=3)
+        seen["waited"] = writer.is_alive()
+
+    try:
+        apply(target, want, "archive", archive_years=[OLD], recompute=inside_the_apply)
+    finally:
+        if writer.ident is not None:
+            writer.join(timeout=30)
+    assert seen["waited"], f"the plain write did not wait for the guarded run: {seen.get('writer')}"
+    assert "VESPA archive protection" in seen["writer"]
+    plan, frame = importer.verify_frame(target, want)
+    assert int(frame["refused"].sum()) == 0 and plan.is_empty
+    assert scalar(target, "SELECT count(*) FROM vespa_scores WHERE academic_year = ? AND vision = 1", [OLD]) == 0
+    target.close()
+
+
+def test_verify_fails_on_a_refused_row(con):
+    """A row of an archived year that differs from the source cannot be written, so the target does not
+    hold the source: the verification is not empty (SPEC.md §7.4 means "the target holds every row")."""
+    apply(con, desired(students(OLD, EST_A, 2)), "r1", archive_years=[OLD])
+    plan = verify(con, desired(students(OLD, EST_A, 2), score=7))
+    assert plan.counts()["vespa_scores"][OLD]["refused"] == 2
+    assert not plan.is_empty
+    assert verify(con, desired(students(OLD, EST_A, 2))).is_empty

@@ -77,7 +77,7 @@ def test_plan_shows_migrations_first_and_no_data_until_applied(pg, generated):
     assert any("unique(email)" in m["name"] for m in plan.migrations)  # F2 key replacement shown
     outcome = importer.apply_import(pg.con, desired, rows, approve=plan.fingerprint, run_id="r1",
                                     target_kind="postgres", archive=labels)
-    assert outcome.status == "migrated" and [m["version"] for m in outcome.migrations] == [1, 2, 3, 4]
+    assert outcome.status == "migrated" and [m["version"] for m in outcome.migrations] == [1, 2, 3, 4, 6]
     assert not pending(pg.con)
     data = outcome.plan
     assert data.kind == "data" and data.counts()["students"][YEAR]["insert"] > 0
@@ -227,3 +227,66 @@ def test_f8_repair_deletes_exactly_the_duplicates_and_the_plan_counts_every_kept
     target.close()
     assert duckdb.connect(str(path), read_only=True).execute("SELECT count(*) FROM vespa_ops.ledger WHERE run_id = "
                                                              "'f8-f8'").fetchone()[0] == 1
+
+
+def _differing_dictionaries(table):
+    """``table`` as two chunks whose dictionary-encoded columns each have their own dictionary (what a
+    reader of several record batches gives, e.g. PostgreSQL COPY read in blocks)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    plain = pa.table({c: table.column(c).cast(table.schema.field(c).type.value_type)
+                      if pa.types.is_dictionary(table.schema.field(c).type) else table.column(c)
+                      for c in table.column_names})
+    half = plain.num_rows // 2
+    batches = [pa.RecordBatch.from_arrays([pc.dictionary_encode(part.column(c).combine_chunks())
+                                           if pa.types.is_dictionary(table.schema.field(c).type)
+                                           else part.column(c).combine_chunks() for c in part.column_names],
+                                          schema=table.schema)
+               for part in (plain.slice(0, half), plain.slice(half))]
+    return pa.Table.from_batches(batches, schema=table.schema)
+
+
+def test_find_repairs_takes_rows_whose_chunks_have_differing_dictionaries(generated, tmp_path):
+    """Arrow's hash join refuses a dictionary key whose chunks carry different dictionaries
+    ("Unifying differing dictionaries"): at realistic scale the rows and the live rows arrive in
+    several batches. The repairs are the same whatever the chunking."""
+    from vespa_lib import rows as rowsmod
+
+    path = tmp_path / "p.duckdb"
+    shutil.copyfile(generated / "production.duckdb", path)
+    with importer.open_import(f"duckdb:{path}", read_only=True) as target:
+        rows, _, _ = _prepare(target, generated)
+        chunked = _differing_dictionaries(rows.question_responses)
+        email = chunked.column("email")
+        assert email.num_chunks == 2 and not email.chunk(0).dictionary.equals(email.chunk(1).dictionary)
+        split = rowsmod.ImportRows(rows.academic_year, rows.students, rows.vespa_scores, chunked, rows.quarantine,
+                                   dict(rows.rule_counts))
+        want = importer.repairs_for(rows, target.con, YEAR)
+        got = importer.repairs_for(split, target.con, YEAR)
+    assert want.kept["question_responses"].num_rows > 0  # the join over the answers' keys has rows to match
+    assert got.counts() == want.counts()
+    for table, kept in want.kept.items():
+        assert sorted(got.kept[table].to_pylist(), key=str) == sorted(kept.to_pylist(), key=str)
+
+
+def test_rehearsal_of_an_already_imported_year_says_nothing_to_do(generated, tmp_path):
+    """Re-planning after an applied import: the sample's rows are all in the target, the rehearsal
+    finds nothing to do, writes nothing to the target and its re-plan verifies."""
+    path = tmp_path / "p.duckdb"
+    shutil.copyfile(generated / "production.duckdb", path)
+    with importer.open_import(f"duckdb:{path}") as target:
+        rows, _, _ = _prepare(target, generated)
+        repairs = importer.repairs_for(rows, target.con, YEAR)
+        desired = importer.desired_for(rows, target.con, YEAR, None, repairs)
+        labels = importer.archive_labels(desired, True)
+        outcome = importer.apply_import(target.con, desired, rows, approve="auto", run_id="r1", target_kind="duckdb",
+                                        archive=labels, repairs=repairs)
+        assert outcome.status == "applied", outcome.reason
+        before = table_checksums(target.con, DATA)
+        rehearsal = importer.rehearse(target, rows, YEAR, 30, establishment_scope=None, archive=True)
+        assert table_checksums(target.con, DATA) == before
+    assert rehearsal.students == 30 and not rehearsal.applied and rehearsal.verified is True
+    assert "nothing to do" in rehearsal.note
+    changing = rehearsal.counts[["insert", "update", "delete"]].to_numpy().sum()
+    assert changing == 0 and rehearsal.counts["unchanged"].sum() > 0

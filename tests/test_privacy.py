@@ -152,3 +152,43 @@ def test_mask_frame_masks_an_invalid_email_in_an_email_column():
     out = privacy.mask_frame(df)
     assert "george.obrien136" not in out.to_csv() and "a.b@" not in out.to_csv()
     assert list(out["reason"]) == ["invalid_email", "ok"]
+
+
+# --- masking decides by column meaning: emails and people's names only ----------------------------
+
+@pytest.mark.parametrize("frame, column", [
+    ({"version": [1], "name": ["create vespa_ops schema and tables"], "checksum": ["cd6b97f3"]}, "name"),
+    ({"knack_id": ["5c2b6b95"], "name": ["Bramley Academy"]}, "name"),
+    ({"establishment_name": ["Bramley Academy"], "students": [12]}, "establishment_name"),
+    ({"school_name": ["Glenwood Academy"]}, "school_name"),
+    ({"object": ["object_10"], "column_name": ["completion_date"], "fill_rate": [0.05]}, "column_name"),
+    ({"check_name": ["rollover_ready"], "passed": [True]}, "check_name"),
+    ({"table": ["students"], "column": ["year_group"], "before": ["7A"], "after": ["7B"]}, "before"),
+])
+def test_mask_frame_keeps_text_that_is_not_personal(frame, column):
+    df = pd.DataFrame(frame)
+    assert privacy.mask_frame(df)[column].tolist() == df[column].tolist()
+
+
+@pytest.mark.parametrize("frame, column, expected", [
+    ({"email": ["anna.smith@school.ac.uk"], "name": ["Anna Smith"]}, "name", ["A.S."]),
+    ({"student_email": ["anna.smith@school.ac.uk"]}, "student_email", ["a***@school.ac.uk"]),
+    ({"student_name": ["Anna Smith"], "n": [1]}, "student_name", ["A.S."]),
+    ({"last_name": ["Smith-Jones"]}, "last_name", ["S.J."]),
+    ({"Full Name": ["Anna Smith"]}, "Full Name", ["A.S."]),
+    ({"surname": ["Smith"]}, "surname", ["S."]),
+    ({"tutor_name": ["Mr Brown"]}, "tutor_name", ["M.B."]),
+    ({"firstName": ["Anna"]}, "firstName", ["A."]),
+])
+def test_mask_frame_masks_emails_and_peoples_names(frame, column, expected):
+    assert privacy.mask_frame(pd.DataFrame(frame))[column].tolist() == expected
+
+
+def test_mask_frame_masks_before_and_after_of_a_personal_column_only():
+    """A plan's sample of updates: the changed column's name says whether before/after are personal."""
+    df = pd.DataFrame({"table": ["students", "students", "students"], "column": ["name", "email", "year_group"],
+                       "before": ["Anna Smith", "anna@school.ac.uk", "12"],
+                       "after": ["Anna Smith-Jones", "anna.sj@school.ac.uk", "13"]})
+    out = privacy.mask_frame(df)
+    assert out["before"].tolist() == ["A.S.", "a***@school.ac.uk", "12"]
+    assert out["after"].tolist() == ["A.S.J.", "a***@school.ac.uk", "13"]

@@ -475,3 +475,68 @@ def test_an_empty_nightly_sync_records_no_changes_and_counts_as_a_night_the_sync
 def table_checksums_at(path: Path) -> dict:
     with duckdb.connect(str(path), read_only=True) as con:
         return table_checksums(con, DATA)
+
+
+# --- the evidence of an applied sync (docs/ARCHITECTURE.md, "Evidence and privacy") ---------------
+
+
+@pytest.fixture(scope="module")
+def applied_sync(world, tmp_path_factory) -> dict:
+    """One policy-approved apply of the fresh export through ``vespa-ops run sync_check``, its pre-images
+    kept in a separate ``backup_dir``: the run's manifest (``ops_sync``) plus ``backups``."""
+    base = tmp_path_factory.mktemp("applied_sync")
+    target = base / "p.duckdb"
+    shutil.copy(world / "production.duckdb", target)
+    backups = base / "backups"
+    run = ops_sync(base / "out", f"csv:{world / 'fresh_export'}", f"duckdb:{target}", "mode=apply",
+                   "approve=policy", "policy={max_deletes: 10000}", f"backup_dir={backups}")
+    return run | {"backups": backups}
+
+
+def planted_emails(world: Path) -> set[str]:
+    """The raw email of every student the fresh export plants (new, changed, extra, set aside...)."""
+    return {r["email"].strip().lower() for r in truth(world) if "@" in (r.get("email") or "")}
+
+
+@pytest.mark.notebook
+def test_sync_check_keeps_its_raw_pre_images_out_of_the_evidence(world, applied_sync):
+    """The guard's Parquet pre-images hold raw rows: an applied sync writes them owner-only under
+    ``backup_dir`` (as the import does), never into the shareable run folder; the manifest says where."""
+    import pyarrow.parquet as pq
+
+    run = applied_sync
+    assert (run["exit"], run["sync_status"]) == (0, "applied"), run["error"]
+    assert changes(run["plan"]) > 0
+    pre_images = sorted(run["backups"].rglob("*.parquet"))
+    assert pre_images, "an apply that updates and deletes rows leaves pre-images"
+    emails = planted_emails(world)
+    kept = set()
+    for path in pre_images:
+        for column in ("email", "student_email"):
+            table = pq.read_table(path)
+            if column in table.column_names:
+                kept |= {str(e).lower() for e in table.column(column).to_pylist() if e}
+    assert kept & emails, "the pre-images hold raw emails of planted students: the scan has something to find"
+    folder = Path(run["folder"])
+    assert Path(run["pre_images_dir"]) == pre_images[0].parent and pre_images[0].is_relative_to(run["backups"])
+    for path in [run["backups"], *run["backups"].rglob("*")]:
+        if path.is_dir():
+            assert path.stat().st_mode & 0o777 == 0o700, f"{path} is not owner-only"
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if p.suffix == ".parquet"]
+    for path in files:
+        text = path.read_bytes().decode("utf-8", errors="ignore").lower()
+        leaked = [e for e in emails if e in text]
+        assert not leaked, f"{len(leaked)} raw email(s) in {path.relative_to(folder)}"
+
+
+@pytest.mark.notebook
+def test_sync_check_records_its_rule_counts_in_the_evidence(applied_sync):
+    """How many rows each year rule decided and how many records each set-aside reason took, in the
+    manifest and as a table in the report."""
+    counts = applied_sync["rule_counts"]
+    assert {"year_rule.completion_date", "year_rule.cohort_continued", "year_rule.cohort_started",
+            "quarantine.late_cycle_of_archived_year"} <= set(counts)
+    assert counts["year_rule.completion_date"] > 0
+    report = next(Path(applied_sync["folder"]).glob("report.*")).read_text(encoding="utf-8")
+    assert "cohort_continued" in report and "late_cycle_of_archived_year" in report

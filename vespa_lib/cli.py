@@ -145,6 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     parameters = {p.name: p.default for p in declared} | values
     run_id, run_dir = evidence.new_run_dir(outputs, name)
     started = datetime.now().astimezone()
+    evidence.start_manifest(run_dir, runbook=name, run_id=run_id, parameters=parameters, started_at=started,
+                            scrubber=privacy.Scrubber(secrets), repo=root)  # a killed run stays visible
     print(f"Running {name} (run {run_id}) ...", flush=True)
     with tempfile.TemporaryDirectory(prefix="vespa-run-") as tmp:
         executed = Path(tmp) / f"{name}.ipynb"
@@ -214,6 +216,8 @@ def _print_summary(manifest: dict[str, Any]) -> None:
                   f"(vespa-ops undo {written['run_id']})")
     elif manifest.get("write_committed"):
         print(f"{manifest['runbook']}: PASSED ({passed}/{len(checks)} checks passed; write committed)")
+    elif manifest["status"] != "passed" and not checks and manifest.get("failed_step"):
+        print(f"{manifest['runbook']}: FAILED at step “{manifest['failed_step']}” before any check")
     else:
         print(f"{manifest['runbook']}: {manifest['status'].upper()} ({passed}/{len(checks)} checks passed)")
     for check in checks:

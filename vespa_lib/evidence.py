@@ -7,6 +7,7 @@ Writes only under ``outputs/``. Layout::
         <runbook>.ipynb      executed notebook, secrets scrubbed
         report.html          the notebook without code cells, self-contained (reads offline)
         manifest.json        runbook, status, parameters, inputs + SHA-256, target, checks, error, …
+                             (written as ``running`` when the run starts, completed when it ends)
         checks.json          the checks as the notebook recorded them
         *.csv, *.json, …     files the notebook saved through ``Run.save_*``
 
@@ -21,6 +22,7 @@ import html
 import json
 import os
 import secrets as _secrets
+import socket
 import subprocess
 from datetime import date, datetime
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 
 import vespa_lib
-from vespa_lib import privacy
+from vespa_lib import privacy, report
 
 CHECKS_FILE = "checks.json"
 STATE_FILE = "_run_state.json"  # records and inputs written by the kernel; merged into the manifest
@@ -109,6 +111,24 @@ def build_manifest(run_dir: Path, *, runbook: str, run_id: str, parameters: dict
     return manifest
 
 
+def start_manifest(run_dir: Path, *, runbook: str, run_id: str, parameters: dict, started_at: datetime,
+                   scrubber: privacy.Scrubber, unattended: bool = True, repo: Path | None = None) -> dict[str, Any]:
+    """Write the manifest of a run that is starting (status ``running``, the process id that runs it) and
+    update the index; ``finalise`` replaces it when the run ends. A run killed before that keeps this
+    one, and the index shows it as interrupted once its process is gone (``report.run_state``)."""
+    manifest = {
+        "runbook": runbook, "run_id": run_id, "status": "running",
+        "started_at": started_at.isoformat(timespec="seconds"), "finished_at": None, "duration_s": None,
+        "parameters": jsonable(parameters), "inputs": [], "target": None,
+        "library_version": vespa_lib.__version__, "git_commit": git_commit(repo or Path.cwd()),
+        "checks": [], "error": None, "unattended": unattended, "notebook": None, "report": None,
+        "pid": os.getpid(), "host": socket.gethostname(),
+    }
+    write_manifest(run_dir, manifest, scrubber)
+    write_index(run_dir.parent.parent)
+    return manifest
+
+
 def write_manifest(run_dir: Path, manifest: dict[str, Any], scrubber: privacy.Scrubber,
                    redact: bool = False) -> Path:
     """Write ``manifest.json`` with secrets scrubbed (and, with ``redact``, secret shapes and emails too)."""
@@ -141,14 +161,20 @@ def scrub_tree(obj: Any, scrubber: privacy.Scrubber) -> Any:
     return obj
 
 
-def render_report(nb: Any, path: Path) -> Path:
-    """Write the notebook as self-contained HTML without code cells (images embedded, no CDN links)."""
+def render_report(nb: Any, path: Path, manifest: dict[str, Any] | None = None) -> Path:
+    """Write the notebook as self-contained HTML without code cells (images embedded, no CDN links),
+    opening with the verdict box of ``manifest`` (report.verdict_html); a failed run's report stops
+    at the failed cell."""
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="report", extra_template_basedirs=[str(TEMPLATES)],
                             exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
                             embed_images=True)
-    body, _ = exporter.from_notebook_node(nb)
+    verdict = report.verdict_html(manifest, path.parent, report.failure(nb)) if manifest else ""
+    shown = report.report_notebook(nb)
+    if manifest:
+        shown.metadata["title"] = f"{manifest.get('status', '')}: {manifest.get('runbook', '')} {manifest.get('run_id', '')}"
+    body, _ = exporter.from_notebook_node(shown, resources={"vespa_verdict": verdict})
     path.write_text(body, encoding="utf-8")
     return path
 
@@ -164,13 +190,18 @@ def finalise(run_dir: Path, executed: Path | None, *, runbook: str, run_id: str,
     import nbformat
 
     _scrub_files(run_dir, scrubber)  # files the notebook itself saved
+    nb = None
     if executed is not None and executed.is_file():
         nb = scrub_tree(nbformat.read(str(executed), as_version=4), scrubber)
         nbformat.write(nb, str(run_dir / f"{runbook}.ipynb"))
-        render_report(nb, run_dir / REPORT_FILE)
-        _scrub_files(run_dir, scrubber, only=[run_dir / REPORT_FILE])
     manifest = build_manifest(run_dir, runbook=runbook, run_id=run_id, parameters=parameters,
                               started_at=started_at, error=error, unattended=unattended, repo=repo)
+    if nb is not None:  # the report opens with the verdict, so it is rendered from the manifest
+        if error:
+            manifest["failed_step"] = report.failure(nb).step
+        manifest["report"] = REPORT_FILE
+        render_report(nb, run_dir / REPORT_FILE, manifest)
+        _scrub_files(run_dir, scrubber, only=[run_dir / REPORT_FILE])
     (run_dir / STATE_FILE).unlink(missing_ok=True)
     write_manifest(run_dir, manifest, scrubber)
     leaks = enforce_clean(run_dir, scrubber)
@@ -210,11 +241,33 @@ def enforce_clean(run_dir: Path, scrubber: privacy.Scrubber) -> list[privacy.Fin
 INDEX_CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #1b1b1b; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ddd; }
+th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ddd; vertical-align: top; }
 th { background: #f3f3f3; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .passed { color: #fff; background: #2e7d32; padding: .1rem .5rem; border-radius: .3rem; }
 .failed { color: #fff; background: #c62828; padding: .1rem .5rem; border-radius: .3rem; }
+.running { color: #fff; background: #1565c0; padding: .1rem .5rem; border-radius: .3rem; }
+.interrupted { color: #fff; background: #6d4c41; padding: .1rem .5rem; border-radius: .3rem; }
+.rehearsal { color: #5d4037; background: #fff3e0; padding: .1rem .4rem; border-radius: .3rem; }
 """
+# The runbook filter: a select that hides other runbooks' rows; the choice is kept in the address
+# (#runbook=import) so a filtered index can be bookmarked or linked. Inline: the page reads offline.
+INDEX_JS = """
+function vespaFilter(name) {
+  document.querySelectorAll('tbody tr[data-runbook]').forEach(function (row) {
+    row.hidden = Boolean(name) && row.dataset.runbook !== name;
+  });
+  document.getElementById('runbook-filter').value = name;
+}
+document.getElementById('runbook-filter').addEventListener('change', function (e) {
+  location.hash = e.target.value ? 'runbook=' + e.target.value : '';
+  vespaFilter(e.target.value);
+});
+var wanted = decodeURIComponent((location.hash.match(/runbook=([^&]*)/) || [null, ''])[1]);
+vespaFilter(wanted);
+"""
+INDEX_COLUMNS = ("Date and time", "Runbook", "Mode", "Academic year", "Target", "Status", "Checks",
+                 "Rows written", "Evidence")
 
 
 def read_manifests(outputs: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -229,19 +282,26 @@ def read_manifests(outputs: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def write_index(outputs: Path) -> Path:
-    """Rebuild ``outputs/index.html`` from the manifests: one row per run, newest first, self-contained."""
+    """Rebuild ``outputs/index.html`` from the manifests: one row per run, newest first, a filter by
+    runbook, self-contained."""
     outputs = Path(outputs)
-    rows = [_index_row(outputs, folder, m) for folder, m in read_manifests(outputs)]
-    body = "\n".join(rows) or '<tr><td colspan="6">No runs yet.</td></tr>'
+    runs = read_manifests(outputs)
+    rows = [_index_row(outputs, folder, m) for folder, m in runs]
+    body = "\n".join(rows) or f'<tr><td colspan="{len(INDEX_COLUMNS)}">No runs yet.</td></tr>'
+    names = sorted({str(m.get("runbook", "")) for _, m in runs})
+    options = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}</option>' for n in names)
+    head = "".join(f"<th>{c}</th>" for c in INDEX_COLUMNS)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>VESPA evidence index</title>
 <style>{INDEX_CSS}</style></head>
 <body><h1>VESPA evidence index</h1>
 <p>{len(rows)} run(s), newest first. Generated {html.escape(datetime.now().astimezone().isoformat(timespec="seconds"))}.</p>
-<table><thead><tr><th>Date and time</th><th>Runbook</th><th>Target</th><th>Status</th><th>Checks</th><th>Evidence</th></tr></thead>
+<p><label for="runbook-filter">Runbook </label><select id="runbook-filter"><option value="">all runbooks</option>{options}</select></p>
+<table><thead><tr>{head}</tr></thead>
 <tbody>
 {body}
-</tbody></table></body></html>
+</tbody></table>
+<script>{INDEX_JS}</script></body></html>
 """
     path = outputs / INDEX_FILE
     outputs.mkdir(parents=True, exist_ok=True)
@@ -254,7 +314,7 @@ def write_index(outputs: Path) -> Path:
 
 def _index_row(outputs: Path, folder: Path, m: dict[str, Any]) -> str:
     esc = html.escape
-    status = "passed" if m.get("status") == "passed" else "failed"
+    status = report.run_state(m)
     rel = folder.relative_to(outputs).as_posix()
     links = [(label, m.get(key)) for label, key in (("report", "report"), ("notebook", "notebook"))]
     links.append(("manifest", MANIFEST_FILE))
@@ -262,10 +322,19 @@ def _index_row(outputs: Path, folder: Path, m: dict[str, Any]) -> str:
     checks = m.get("checks") or []
     passed = sum(1 for c in checks if c.get("passed"))
     when = str(m.get("started_at", "")).replace("T", " ")
-    error = f'<br><small>{esc(str(m["error"]))}</small>' if m.get("error") else ""
-    if m.get("write_committed") and status == "failed":  # the write stands: say so before the failure
+    facts = report.facts(m, folder)
+    error = f'<br><small>{esc(report.failure_sentence(m) or "")}</small>' if status == "failed" else ""
+    if status == "interrupted":
+        error = "<br><small>the run stopped before its evidence was written (killed or timed out)</small>"
+    if facts.committed and status == "failed":  # the write stands: say so before the failure
         error = "<br><small><b>applied: write committed</b>, then a post-check failed</small>" + error
-    return (f"<tr><td>{esc(when)}</td><td>{esc(str(m.get('runbook', '')))}</td>"
-            f"<td>{esc(str(m.get('target') or '—'))}</td>"
+    target = esc(facts.target)
+    if facts.rehearsal:
+        target = f'<span class="rehearsal">rehearsal</span> {target}'
+    written = report.format_cell(facts.rows) if facts.committed else (
+        f"none (plan: {report.format_cell(facts.rows)})" if facts.rows else report.DASH)
+    return (f'<tr data-runbook="{esc(str(m.get("runbook", "")))}"><td>{esc(when)}</td>'
+            f"<td>{esc(str(m.get('runbook', '')))}</td><td>{esc(facts.mode)}</td><td>{esc(facts.year)}</td>"
+            f"<td>{target}</td>"
             f'<td><span class="{status}">{status}</span>{error}</td>'
-            f"<td>{passed}/{len(checks)}</td><td>{anchors}</td></tr>")
+            f'<td class="n">{passed}/{len(checks)}</td><td class="n">{esc(written)}</td><td>{anchors}</td></tr>')

@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +62,15 @@ from vespa_lib.plan import (
     stage_and_classify,
     timed,
 )
+from vespa_lib.protect import WRITERS_LOCK_KEY
 from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of, table_columns, transaction
 from vespa_lib.years import year_bounds
 
-__all__ = ["CRASH_ENV", "INSERT_BACKUP", "LOCK_KEY", "ApplyResult", "apply_plan", "apply_undo", "bulk_tables", "plan_undo",
+__all__ = ["CRASH_ENV", "INSERT_BACKUP", "LOCK_KEY", "WRITERS_WAIT", "ApplyResult", "Verification", "apply_plan", "apply_undo", "bulk_tables", "plan_undo",
            "table_checksums", "verify", "write_transaction"]
 
 LOCK_KEY = 0x56455350_41  # "VESPA": the one advisory lock every guarded run takes
+WRITERS_WAIT = "60s"  # how long a guarded run waits for plain write transactions already under way
 CRASH_ENV = "VESPA_CRASH_AT"
 STATS_TABLES = ("school_statistics", "national_statistics")
 OPS_SCHEMA = WORKBOOK_SCHEMA
@@ -115,9 +117,27 @@ def _check_approval(approve: str, dialect: str, target_kind: str | None) -> None
 
 
 def _lock(con: Any) -> None:
-    if dialect_of(con) == "postgres" and not scalar(con, "SELECT pg_try_advisory_xact_lock(?)", [LOCK_KEY]):
+    """The guarded runs' lock (a second run is refused), then the plain writers' lock, exclusively, for
+    the whole transaction: a plain statement on a protected table waits until this run has committed
+    or rolled back, and is then judged against what it archived (``protect.WRITERS_LOCK_KEY``). Plain
+    transactions already under way are waited for, at most ``WRITERS_WAIT``."""
+    if dialect_of(con) != "postgres":
+        return
+    if not scalar(con, "SELECT pg_try_advisory_xact_lock(?)", [LOCK_KEY]):
         raise GuardRefused("another guarded run holds the write lock (pg advisory lock "
                            f"{LOCK_KEY}): nothing was written. Wait for it to finish, then re-plan and apply.")
+    previous = scalar(con, "SELECT current_setting('lock_timeout')")
+    run(con, "SELECT set_config('lock_timeout', ?, true)", [WRITERS_WAIT])
+    try:
+        run(con, "SELECT pg_advisory_xact_lock(?)", [WRITERS_LOCK_KEY])
+    except Exception as exc:  # psycopg's LockNotAvailable; the transaction rolls back either way
+        if getattr(exc, "sqlstate", None) != "55P03":
+            raise
+        raise GuardRefused(f"plain writers kept transactions on the protected tables open for {WRITERS_WAIT}: "
+                           "nothing was written. Find them with SELECT pid, state, xact_start FROM "
+                           "pg_stat_activity WHERE state LIKE 'idle in transaction%', let them finish, then apply "
+                           "again.") from exc
+    run(con, "SELECT set_config('lock_timeout', ?, true)", [previous])
 
 
 def _check_fingerprint(plan: Plan, approve: str) -> None:
@@ -498,9 +518,25 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
     return ApplyResult(run_id, plan.fingerprint, plan, applied=counts)
 
 
-def verify(con: Any, desired: Desired, *, archived_write_years: tuple | list = ()) -> Plan:
-    """SPEC.md §7.4: re-plan after commit; ``is_empty`` is expected. Read-only."""
-    return plan_changes(con, desired, archived_write_years=archived_write_years)
+@dataclass
+class Verification(Plan):
+    """The re-plan after a commit (SPEC.md §7.4). Empty only when nothing would be written AND nothing
+    was refused: a refused row differs from the source in a year this run may not write (a plain
+    write that slipped into an archived year, say), so the target does not hold the source."""
+
+    @property
+    def refused(self) -> int:
+        return sum(c.get("refused", 0) for years in self.counts_by_table.values() for c in years.values())
+
+    @property
+    def is_empty(self) -> bool:
+        return Plan.is_empty.fget(self) and not self.refused
+
+
+def verify(con: Any, desired: Desired, *, archived_write_years: tuple | list = ()) -> Verification:
+    """SPEC.md §7.4: re-plan after commit; ``is_empty`` (no change, no refused row) is expected. Read-only."""
+    plan = plan_changes(con, desired, archived_write_years=archived_write_years)
+    return Verification(**{f.name: getattr(plan, f.name) for f in fields(plan)})
 
 
 def table_checksums(con: Any, tables: list[str] | tuple[str, ...], schema: str = "public") -> dict[str, str]:

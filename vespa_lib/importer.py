@@ -55,7 +55,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vespa_lib import guard, privacy, stats, targets, years
+from vespa_lib import duckwork, guard, privacy, stats, targets, years
 from vespa_lib import plan as planmod
 from vespa_lib import rows as rowsmod
 from vespa_lib.errors import GuardRefused, ParameterError, VespaError
@@ -294,6 +294,22 @@ def _typed(live: pa.Table, like: pa.Table, keys: tuple[str, ...], compared: tupl
     return pa.table(out)
 
 
+def _missing_from(rows: pa.Table, keys_of: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """The rows of ``rows`` whose natural key is not in ``keys_of``: an anti-join in a capped DuckDB work
+    connection (``vespa_lib.duckwork``). Not Arrow's hash join: it refuses a dictionary-encoded key whose
+    chunks carry different dictionaries ("Unifying differing dictionaries"), which is what the answers
+    are at realistic scale (read in batches, cast chunk by chunk), and it is 4x slower on a million
+    answers. Read-only."""
+    con = duckwork.connect()
+    try:
+        con.register("vespa_rows", rows)
+        con.register("vespa_keys", keys_of.select(list(keys)))
+        using = ", ".join(planmod.q(k) for k in keys)
+        return con.sql(f"SELECT * FROM vespa_rows ANTI JOIN vespa_keys USING ({using})").to_arrow_table()
+    finally:
+        con.close()
+
+
 def _dedupe(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     """One row per natural key (two live rows of one key both match it in the plan)."""
     if table.num_rows == 0:
@@ -320,9 +336,7 @@ def find_repairs(con: Any, rows: rowsmod.ImportRows, labels: list[str],
         if spec.via_student:
             f8[spec.name] = _typed(live.filter(dup), like, spec.keys, ())
         own = rest.filter(pc.is_in(rest.column("academic_year"), value_set=pa.array(labels, pa.string())))
-        snapshot_keys = like.select(list(spec.keys))
-        kept[spec.name] = _dedupe(own.join(snapshot_keys, list(spec.keys), join_type="left anti"), spec.keys) \
-            if own.num_rows else own
+        kept[spec.name] = _dedupe(_missing_from(own, like, spec.keys), spec.keys) if own.num_rows else own
     wanted = [t for t in CHILD_TABLES if f8[t].num_rows]
     return Repairs(list(labels), f8, unresolved, kept,
                    {t: survivors[t] for t in ("students", *wanted)} if wanted else {}, establishment_ids)
@@ -539,7 +553,9 @@ def applied_matches_plan(outcome: ImportOutcome) -> bool:
 def rehearse(target: targets.Target, rows: rowsmod.ImportRows, academic_year: str, students: int, *,
              establishment_scope: list[str] | None, archive: bool) -> Rehearsal:
     """Plan a sample of ``students`` with all their rows; on DuckDB also apply it (migrations first) to a
-    throw-away copy of the target file and re-plan. Writes nothing to the target."""
+    throw-away copy of the target file and re-plan. A target already holding every sampled row (a re-plan
+    after the import) gives ``applied`` False, the sample's empty plan and a note saying nothing to do.
+    Writes nothing to the target."""
     sample = sample_rows(rows, students)
     n = sample.students.num_rows
     if target.kind != "duckdb":
@@ -560,10 +576,14 @@ def rehearse(target: targets.Target, rows: rowsmod.ImportRows, academic_year: st
                                    archive=labels)
             if outcome.status == "refused":
                 return Rehearsal(n, pd.DataFrame(), False, False, outcome.reason)
-            counts = plan_frame(outcome.result.plan)
+            applied = outcome.result is not None and bool(outcome.result.applied)
+            counts = plan_frame(outcome.result.plan if outcome.result is not None else outcome.plan)
             verified = guard.verify(con, desired).is_empty
         finally:
             con.close()
+    if not applied:  # the target already holds every sampled row (e.g. re-planning after the import)
+        return Rehearsal(n, counts, False, verified, "DuckDB: nothing to do: the target already holds every row of "
+                         "the sample; the re-plan on a throw-away copy changes nothing")
     return Rehearsal(n, counts, True, verified, "DuckDB: applied to a throw-away copy of the target, then re-planned")
 
 

@@ -6,6 +6,10 @@
     4  archive protection triggers (PostgreSQL only; ``vespa_lib.protect``): statement-level
     5  replace the FOR EACH ROW archive triggers of migration 4's first version (~60 µs a row,
        SPEC.md §9) by the statement-level ones; pending only on a database that still has them
+    6  archive protection version 2 (``protect.INSTALL_SQL``): trigger functions SECURITY DEFINER with a
+       fixed search_path (writers without rights on vespa_ops write again), years compared normalised,
+       plain writers wait for a guarded run, PUBLIC's rights on vespa_ops revoked; pending until
+       installed, and whenever migration 5 is (it re-installs version 1)
 
 Whether a migration is pending is decided from the schema actually present (so a database built by
 ``schema.create_schema`` needs only what it lacks), never from bookkeeping alone. ``pending`` is
@@ -133,21 +137,54 @@ def _legacy_triggers(con: Any) -> bool:
     return bool(rows or functions)
 
 
+def _functions(con: Any) -> dict[str, tuple[str, bool, list[str]]]:
+    """vespa_ops functions: name -> (source, security definer, settings). Read-only."""
+    rows = run(con, "SELECT p.proname, p.prosrc, p.prosecdef, coalesce(p.proconfig, '{}') FROM pg_proc p "
+                    "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = ?", [WORKBOOK_SCHEMA])
+    return {name: (src, definer, list(config)) for name, src, definer, config in rows}
+
+
+def _triggers_present(con: Any, names: tuple[str, ...]) -> bool:
+    return scalar(con, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname = ANY(?)",
+                  [list(names)]) == len(names)
+
+
 def _needs_triggers(con: Any) -> bool:
     if _legacy_triggers(con):
         return False  # migration 5 replaces them
-    found = scalar(con, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal AND tgname = ANY(?)",
-                   [list(protect.TRIGGER_NAMES)])
-    if found != len(protect.TRIGGER_NAMES):
+    if not _triggers_present(con, protect.TRIGGER_NAMES):
         return True
-    current = {name: src for name, src in run(con, "SELECT p.proname, p.prosrc FROM pg_proc p JOIN pg_namespace n "
-                                                    "ON n.oid = p.pronamespace WHERE n.nspname = ?", [WORKBOOK_SCHEMA])}
-    return any(f"FUNCTION vespa_ops.{name}()" in protect.INSTALL_SQL and
-               (current.get(name) is None or current[name] not in protect.INSTALL_SQL)
+    current = _functions(con)
+    # either version counts as installed: migration 6 replaces version 1's bodies
+    return any(current.get(name) is None or (current[name][0] not in protect.V1_INSTALL_SQL
+                                             and current[name][0] not in protect.INSTALL_SQL)
                for name in protect.FUNCTION_NAMES)
 
 
 def _install_triggers(con: Any, dialect: str) -> list[str]:
+    run(con, protect.V1_INSTALL_SQL)
+    return [protect.V1_INSTALL_SQL]
+
+
+# --- 6: protection version 2 ---------------------------------------------------------------------
+
+
+def _needs_v2(con: Any) -> bool:
+    if _legacy_triggers(con):
+        return True  # migration 5 installs version 1; this one follows it
+    if not _triggers_present(con, protect.TRIGGER_NAMES + protect.LOCK_TRIGGER_NAMES):
+        return True
+    current = _functions(con)
+    for name in protect.V2_FUNCTION_NAMES:
+        src, definer, config = current.get(name, ("", False, []))
+        pure = name == "vespa_canonical_year"  # reads nothing: needs no owner's rights
+        if not src or src not in protect.INSTALL_SQL or not (definer or pure) or \
+                not any(c.startswith("search_path=") for c in config):
+            return True
+    return bool(scalar(con, "SELECT has_schema_privilege('public', ?, 'USAGE')", [WORKBOOK_SCHEMA]))
+
+
+def _install_v2(con: Any, dialect: str) -> list[str]:
     run(con, protect.INSTALL_SQL)
     return [protect.INSTALL_SQL]
 
@@ -160,11 +197,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "replace single-year student key unique(email) by unique(email, academic_year) (F2)",
               f"DROP every unique key on students lacking academic_year; ADD {STUDENT_KEY} UNIQUE (email, academic_year)",
               _needs_f2, _replace_f2),
-    Migration(4, "install archive protection triggers", protect.INSTALL_SQL, _needs_triggers, _install_triggers,
+    Migration(4, "install archive protection triggers", protect.V1_INSTALL_SQL, _needs_triggers, _install_triggers,
               dialects=("postgres",)),
     Migration(5, "replace row-level archive triggers by statement-level triggers (SPEC.md §9)",
-              "DROP FOR EACH ROW vespa_archive_* triggers and vespa_archive_row_guard();\n" + protect.INSTALL_SQL,
+              "DROP FOR EACH ROW vespa_archive_* triggers and vespa_archive_row_guard();\n" + protect.V1_INSTALL_SQL,
               _legacy_triggers, _install_triggers, dialects=("postgres",)),
+    Migration(6, "archive protection v2: SECURITY DEFINER triggers, normalised years, plain writers wait for "
+              "a guarded run", protect.INSTALL_SQL, _needs_v2, _install_v2, dialects=("postgres",)),
 )
 
 

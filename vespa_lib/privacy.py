@@ -7,7 +7,7 @@ finaliser does, inside ``outputs/``).
     mask_email("anna.smith@school.ac.uk")  -> "a***@school.ac.uk"
     mask_name("Anna Smith")                -> "A.S."
     keyed_hash("anna@x.org", key)          -> "h:3f9c0a1b2c4d5e6f" (stable per key, not reversible)
-    mask_frame(df)                         -> email/name columns masked, stray emails masked
+    mask_frame(df)                         -> email and people's-name columns masked, stray emails masked
     suppress_small(df, ["n"])              -> counts 1..4 shown as "<5"
     neutralise_formula("=HYPERLINK(...)")  -> "'=HYPERLINK(...)" (CSV formula injection)
     collect_secrets()                      -> secret values from the environment and .env
@@ -100,23 +100,65 @@ def _is_text_column(series: pd.Series) -> bool:
     return pd.api.types.is_string_dtype(series) or series.dtype == object
 
 
+# Tokens that make a "...name" column a person's name; "establishment_name", "column_name" or a
+# migration's "name" are not personal and stay readable (docs/ARCHITECTURE.md, "Evidence and privacy").
+PERSON_TOKENS = {"student", "staff", "tutor", "teacher", "parent", "contact", "person", "pupil", "user",
+                 "respondent", "first", "last", "full", "given", "family", "middle", "display", "preferred"}
+PERSON_LABELS = {"surname", "forename", "forenames", "firstname", "lastname", "fullname", "studentname"}
+CHANGE_COLUMNS = ("column", "changed_column")  # a sample of updates: which column the before/after hold
+CHANGE_VALUES = ("before", "after")
+
+
+def _tokens(label: object) -> list[str]:
+    spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", str(label))  # firstName -> first_Name
+    return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
+
+
+def column_meaning(label: object, labels: Iterable[object] = ()) -> str | None:
+    """``"email"``, ``"person_name"`` or None (not personal) for a column called ``label`` in a frame
+    whose columns are ``labels``. A bare ``name`` is a person's only beside an email column: the
+    students table has both, while a school's or a migration's ``name`` stands alone. Pure."""
+    tokens = _tokens(label)
+    if any("email" in t for t in tokens):
+        return "email"
+    compact = "".join(tokens)
+    if compact in PERSON_LABELS or any(t in ("surname", "forename") for t in tokens):
+        return "person_name"
+    if "name" in tokens and PERSON_TOKENS.intersection(tokens):
+        return "person_name"
+    if tokens == ["name"] and any(column_meaning(other) == "email" for other in labels):
+        return "person_name"
+    return None
+
+
+def mask_value(value: object, meaning: str | None) -> object:
+    """``value`` masked as its column's meaning says (emails found in any text are masked too)."""
+    if meaning == "email":
+        return mask_email_field(value)
+    if meaning == "person_name":
+        return mask_name(value)
+    return mask_email(value)
+
+
 def mask_frame(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``df`` with personal data masked. Read-only.
 
-    Columns whose name contains ``email`` are masked as emails, columns whose name contains ``name``
-    as initials (SPEC.md §8); emails found in any other text column are masked too.
+    Masking decides by what a column means (``column_meaning``): email columns as emails, people's
+    name columns as initials (SPEC.md §8); emails found in any other text column are masked too. In a
+    sample of updates (``column``, ``before``, ``after``) the before/after of a personal column are
+    masked by that column's meaning. Schools, migrations, column and check names stay readable.
     """
     out = df.copy()
-    for col in out.columns:
-        label = str(col).lower()
-        if not _is_text_column(out[col]):
-            continue
-        if "email" in label:
-            out[col] = out[col].map(mask_email_field)
-        elif "name" in label:
-            out[col] = out[col].map(mask_name)
-        else:
-            out[col] = out[col].map(mask_email)
+    labels = list(out.columns)
+    for col in labels:
+        if _is_text_column(out[col]):
+            meaning = column_meaning(col, labels)
+            out[col] = out[col].map(lambda v, m=meaning: mask_value(v, m))
+    names = [c for c in CHANGE_COLUMNS if c in out.columns]
+    if names:
+        meanings = out[names[0]].map(lambda c: column_meaning(c, ["email"]) if isinstance(c, str) else None)
+        for col in (c for c in CHANGE_VALUES if c in out.columns):
+            out[col] = [mask_value(v, m) for v, m in zip(out[col], meanings, strict=True)]
     return out
 
 

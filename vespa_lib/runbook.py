@@ -44,7 +44,7 @@ import os
 import types
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from vespa_lib import evidence, privacy
@@ -191,7 +191,12 @@ def start(runbook: str, namespace: dict[str, Any]) -> Run:
         path.mkdir(parents=True, exist_ok=True)
     else:
         run_id, path = evidence.new_run_dir(find_outputs(), runbook)
-    return Run(runbook, run_id, path, {k: values[k] for k in declared}, unattended)
+    run = Run(runbook, run_id, path, {k: values[k] for k in declared}, unattended)
+    if not (run_dir and run_id):  # an interactive run: vespa-ops writes the unattended run's own
+        evidence.start_manifest(run.dir, runbook=runbook, run_id=run.run_id, parameters=run.params,
+                                started_at=run.started_at, scrubber=privacy.Scrubber(privacy.collect_secrets()),
+                                unattended=unattended)
+    return run
 
 
 ROOT_ENV = "VESPA_ROOT"
@@ -253,6 +258,7 @@ class Run:
         self.checks: list[dict[str, Any]] = []
         self.records: dict[str, Any] = {}
         self.inputs: list[dict[str, Any]] = []
+        _install_display(self)
 
     @property
     def masked(self) -> bool:
@@ -260,12 +266,35 @@ class Run:
         return not (self.params.get("unmask_pii") is True and not self.unattended)
 
     def show(self, df: pd.DataFrame, title: str | None = None) -> None:
-        """Display ``df`` (masked unless unmasked interactively) under an optional title."""
+        """Display ``df`` under an optional title: masked unless unmasked interactively, without the
+        index, counts with thousands separators, dashes for missing values, yes/no for booleans
+        (report.styled). An empty frame is shown as "None."."""
         from IPython.display import Markdown, display
 
         if title:
             display(Markdown(f"**{_md_escape(title)}**"))
-        display(privacy.mask_frame(df) if self.masked else df)
+        display(self._styled(df))
+
+    def chart(self, fig: Any) -> None:
+        """Display a matplotlib Figure (from ``vespa_lib.charts``) as a PNG embedded in the report;
+        None (nothing to draw) shows nothing."""
+        import io
+
+        from IPython.display import Image, display
+
+        if fig is None:
+            return
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        display(Image(data=buffer.getvalue(), format="png"))
+
+    def _styled(self, df: pd.DataFrame) -> Any:
+        from IPython.display import Markdown
+
+        from vespa_lib import report
+
+        frame = privacy.mask_frame(df) if self.masked else df
+        return Markdown("*None.*") if frame.empty else report.Table(frame)
 
     def check(self, name: str, passed: bool, figures: dict | None = None, detail: str = "") -> bool:
         """Record a check for the verdict, print it, and return ``passed``."""
@@ -326,6 +355,41 @@ class Run:
         (self.dir / evidence.CHECKS_FILE).write_text(json.dumps(self.checks, indent=2, ensure_ascii=False))
         state = {"records": self.records, "inputs": self.inputs}
         (self.dir / evidence.STATE_FILE).write_text(json.dumps(state, indent=2, ensure_ascii=False))
+
+
+def _install_display(run: Run) -> None:
+    """In a kernel, show every DataFrame a cell leaves as its result the way ``Run.show`` does, and
+    keep the values ``check``, ``record`` and ``save_*`` return (True, [True, False], a Path) out of
+    the report: a runbook shows what it means to show. Outside IPython this does nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - the kernel always has IPython
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    import pandas as pd
+
+    formatters = shell.display_formatter
+    formatters.formatters["text/html"].for_type(pd.DataFrame, lambda df: _html_of(run._styled(df)))
+    quiet = formatters.ipython_display_formatter
+    quiet.for_type(bool, lambda value: None)
+    quiet.for_type(PurePath, lambda value: None)
+    for kind in (list, tuple):
+        quiet.for_type(kind, _show_unless_flags)
+
+
+def _html_of(shown: Any) -> str:
+    return shown._repr_html_() if hasattr(shown, "frame") else f"<p><em>{shown.data.strip('*')}</em></p>"
+
+
+def _show_unless_flags(value: list | tuple) -> None:
+    """A list of check outcomes (booleans, None) is not shown; any other list is, as plain text."""
+    if all(v is None or isinstance(v, bool) for v in value):
+        return
+    from IPython.display import display
+
+    display({"text/plain": repr(value)}, raw=True)
 
 
 def _file_name(name: str, suffix: str) -> str:

@@ -59,8 +59,8 @@ from .transition_dashboard import dashboard_year_switching, national_benchmarks_
 from .transition_ledger import DATA_TABLES, live_counts, year_counts
 
 __all__ = ["MODES", "RUNBOOK", "STATE_TABLES", "Rollover", "apply_rollover", "close_year_for", "committed_message",
-           "frozen_checksums", "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "sync_readiness",
-           "validate_all", "written_record"]
+           "frozen_checksums", "counts_chart", "parse_as_of", "plan_rollover", "rehearsal_copy", "rollover_words",
+           "sync_readiness", "validate_all", "written_record"]
 
 RUNBOOK = "year_transition"
 MODES = ("validate", "rollover")
@@ -362,11 +362,21 @@ def written_record(applied: dict, run_id: str) -> dict:
             "undo": f"vespa-ops undo {run_id} --target <the same target>"}
 
 
+def rollover_words(close: str, open_: str | None, *, done: bool = True) -> str:
+    """What a rollover does, in words: "2024/2025 closed (archived), 2025/2026 open and current" (``done``)
+    or "close 2024/2025, open 2025/2026"; on 1 January a calendar year closes alone and "nothing opens"
+    (docs/YEARLY_PROCEDURE.md). Pure."""
+    alone = "nothing opens (a calendar year closes alone on 1 January)"
+    if done:
+        return f"{close} closed (archived), " + (f"{open_} open and current" if open_ else alone)
+    return f"close {close}, " + (f"open {open_}" if open_ else alone)
+
+
 def committed_message(applied: dict, run_id: str) -> str:
     """The sentence a run prints as soon as its rollover committed: it is applied, whatever a later check
     says, so nobody undoes or repeats a good rollover by mistake. Pure."""
     r = applied["rollover"]
-    return (f"APPLIED: the rollover committed as run {run_id}: {r['close']} closed (archived), {r['open']} open and "
-            f"current; {sum(applied['marked'].values()):,} rows marked archived. The checks below verify it: if one "
+    return (f"APPLIED: the rollover committed as run {run_id}: {rollover_words(r['close'], r['open'])}; "
+            f"{sum(applied['marked'].values()):,} rows marked archived. The checks below verify it: if one "
             "fails, the rollover stays applied; do not repeat it, and undo it only on purpose "
             f"(vespa-ops undo {run_id}).")
