@@ -225,12 +225,42 @@ def _backup_cols(con: Any, table: str) -> list[str]:
     return [c["name"] for c in table_columns(con, table) if c["name"] in backup]
 
 
+def _extra_cols(con: Any, table: str) -> list[str]:
+    """Production columns the workbook does not know (docs/DOMAIN.md, "Production schema"), kept in a
+    pre-image's ``_extra`` so an undo puts them back as they were (PostgreSQL; DuckDB has none)."""
+    if dialect_of(con) != "postgres":
+        return []
+    backup = {c["name"] for c in table_columns(con, f"backup_{table}", OPS_SCHEMA)}
+    if "_extra" not in backup:
+        return []
+    return [c["name"] for c in table_columns(con, table) if c["name"] not in backup]
+
+
+def _extra_value(table: str, column: str, alias: str = "b") -> str:
+    """The typed value of an unknown column from a pre-image's ``_extra`` (SQL)."""
+    return f"(jsonb_populate_record(NULL::{q(table)}, {alias}._extra)).{q(column)}"
+
+
 def backup_rows(con: Any, run_id: str, table: str, where: str, params: list, op: str) -> int:
     """Copy live rows matching ``where`` into vespa_ops.backup_<table> as pre-images (of an insert:
-    the row's id and year, ``INSERT_BACKUP``)."""
-    cols = ", ".join(q(c) for c in (INSERT_BACKUP if op == "insert" else _backup_cols(con, table)))
-    return run(con, f"INSERT INTO {OPS_SCHEMA}.backup_{table} ({cols}, _run_id, _op) SELECT {cols}, ?, ? "
+    the row's id and year, ``INSERT_BACKUP``), unknown production columns in ``_extra``."""
+    names = INSERT_BACKUP if op == "insert" else _backup_cols(con, table)
+    extra = [] if op == "insert" else _extra_cols(con, table)
+    cols = ", ".join(q(c) for c in names)
+    into, select = cols, ", ".join(f"t.{q(c)}" for c in names)
+    if extra:
+        into += ", _extra"
+        select += ", jsonb_build_object(" + ", ".join(f"'{c}', t.{q(c)}" for c in extra) + ")"
+    return run(con, f"INSERT INTO {OPS_SCHEMA}.backup_{table} ({into}, _run_id, _op) SELECT {select}, ?, ? "
                     f"FROM {table} t WHERE {where}", [run_id, op, *params])[0][0]
+
+
+def _reinsert_sql(con: Any, table: str) -> tuple[str, str]:
+    """(target columns, select list over a pre-image ``b``) to re-insert deleted rows whole."""
+    cols, extra = _backup_cols(con, table), _extra_cols(con, table)
+    names = ", ".join(q(c) for c in cols + extra)
+    select = ", ".join([f"b.{q(c)}" for c in cols] + [_extra_value(table, c) for c in extra])
+    return names, select
 
 
 def _planned_ids(spec_name: str, ops: tuple[str, ...]) -> str:
@@ -641,10 +671,11 @@ def plan_undo(con: Any, run_id: str) -> Plan:
 def _restore(con: Any, run_id: str, table: str) -> None:
     cols = _backup_cols(con, table)
     duck_fk = {"establishment_id"} if dialect_of(con) == "duckdb" and table == "students" else set()
-    sets = ", ".join(f"{q(c)} = b.{q(c)}" for c in cols if c not in _NEVER_UPDATED | duck_fk)
+    sets = ", ".join([f"{q(c)} = b.{q(c)}" for c in cols if c not in _NEVER_UPDATED | duck_fk]
+                     + [f"{q(c)} = {_extra_value(table, c)}" for c in _extra_cols(con, table)])
     run(con, f"UPDATE {table} SET {sets} FROM {_backup_of(table, 'update')} b WHERE {table}.id = b.id", [run_id])
-    names = ", ".join(q(c) for c in cols)
-    run(con, f"INSERT INTO {table} ({names}) SELECT {names} FROM {_backup_of(table, 'delete')} b "
+    names, select = _reinsert_sql(con, table)
+    run(con, f"INSERT INTO {table} ({names}) SELECT {select} FROM {_backup_of(table, 'delete')} b "
              f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE t.id = b.id)", [run_id])
 
 
@@ -658,8 +689,8 @@ def _undo_writes(con: Any, run_id: str, stats_years: list[str]) -> None:
     if stats_years:
         for table in STATS_TABLES:
             run(con, f"DELETE FROM {table} WHERE academic_year IN {in_list(stats_years)}", stats_years)
-            names = ", ".join(q(c) for c in _backup_cols(con, table))
-            run(con, f"INSERT INTO {table} ({names}) SELECT {names} FROM {_backup_of(table, 'delete')} b", [run_id])
+            names, select = _reinsert_sql(con, table)
+            run(con, f"INSERT INTO {table} ({names}) SELECT {select} FROM {_backup_of(table, 'delete')} b", [run_id])
     for table in ("question_responses", "vespa_scores", "students", "academic_years"):
         run(con, f"DELETE FROM {table} WHERE id IN (SELECT id FROM {_backup_of(table, 'insert')} b)", [run_id])
     for table in _UNDO_TABLES:
