@@ -42,11 +42,11 @@ lint: $(STAMP)  ## ruff
 lab: $(STAMP)  ## open JupyterLab on notebooks/ with the project kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-test-heavy: $(STAMP)  ## the tests too long for make test: the short school-year rehearsal and demo-pg
+test-heavy: $(STAMP)  ## the tests too long for make test: realistic-scale import, the short school-year rehearsal, demo-pg
 	$(PY) -m pytest -m heavy
 
-test-realistic: $(STAMP)  ## only the import runbook through vespa-ops at realistic scale (also part of make test)
-	$(PY) -m pytest tests/test_import_realistic.py -s
+test-realistic: $(STAMP)  ## the import runbook through vespa-ops at realistic scale (plan, apply, re-plan; also in make test-heavy)
+	$(PY) -m pytest -m heavy tests/test_import_realistic.py -s
 
 bench: $(STAMP)  ## benchmark at realistic scale: library phases, then the import through vespa-ops into PostgreSQL; BENCH_ARGS="--scale 10" for 10x
 	$(PY) scripts/bench.py $(BENCH_ARGS)

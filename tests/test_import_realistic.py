@@ -84,6 +84,7 @@ def realistic(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.heavy
 def test_realistic_scale_plan_apply_replan_through_vespa_ops(realistic, tmp_path, capsys):
     """What a user runs at realistic scale: plan; apply with the fingerprint the previous run's
     manifest.json recorded (pending migrations, then the F8 repair, then the data: one run each);
