@@ -367,13 +367,13 @@ def proofs(con: Any, src: Any, rows: Any, desired: Any, plan: Any, drift_: Drift
         dc.register(table, desired.tables[table])
     dc.register("built_students", rows.students)
     dc.register("built_scores", rows.vespa_scores)
+    dc.register("built_answers", rows.question_responses)
     dc.register("ests", fetch_arrow(con, "SELECT CAST(id AS TEXT) AS id, knack_id, is_australian, use_standard_year "
                                          "FROM establishments"))
     out = [_archived(dc, plan, archived), _own_dates(dc, rows), _one_year(dc, own_labels or labels),
            _no_f10(dc, src, rows), _other_years(dc, plan, labels, rows),
            _deletions(plan, drift_, labels, est_ids, list(anchored))]
     if running is not None:
-        dc.register("built_answers", rows.question_responses)
         out.append(_running_year_per_establishment(dc, running, archived))
     return out
 
@@ -438,11 +438,13 @@ def _own_dates(dc: duckdb.DuckDBPyConnection, rows: Any) -> dict:
 
 
 def _one_year(dc: duckdb.DuckDBPyConnection, own: list[str]) -> dict:
-    """F8: every answered student × cycle has scores of the same year, and one year only (among the
-    sync's own years: an open cohort year's kept rows hold re-enrolled students' earlier cycles)."""
+    """F8: every answered student × cycle has scores of the same year (the sync's own years, and every
+    answer built from the source whatever its year), and one year only among the sync's own years (an
+    open cohort year's kept rows hold re-enrolled students' earlier cycles)."""
     r = dc.execute("""SELECT
         (SELECT count(*) FROM (SELECT DISTINCT email, academic_year, cycle FROM question_responses
-                                 WHERE list_contains($own, academic_year)) a
+                                 WHERE list_contains($own, academic_year)
+                               UNION SELECT DISTINCT email, academic_year, cycle FROM built_answers) a
          WHERE NOT EXISTS (SELECT 1 FROM vespa_scores s WHERE s.email = a.email AND s.cycle = a.cycle
                            AND s.academic_year = a.academic_year)),
         (SELECT count(*) FROM (SELECT email, cycle FROM (SELECT email, cycle, academic_year FROM vespa_scores
