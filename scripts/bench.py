@@ -1,4 +1,4 @@
-"""Benchmark the import against SPEC.md §9 (``make bench``; ``--scale 10`` for 10× the realistic scale).
+"""Benchmark the import against docs/ARCHITECTURE.md, “Quality bars” (``make bench``; ``--scale 10`` for 10× the realistic scale).
 
 Generates the realistic-scale snapshot once into ``data/bench/realistic`` (reused when present), then in
 ONE run on a throw-away PostgreSQL (``vespa_lib.localpg``) measures: csv_profile (open + profile);
@@ -6,11 +6,11 @@ building the rows; migrations (applied first, reported separately); the import p
 reuses the plan and writes the Parquet copy of its backup rows, as the runbook's apply run does); the
 apply run's verification (a re-plan); a
 repeated plan and apply that find nothing to do; a bare ``COPY`` of the same output rows into
-unindexed tables (the SPEC ratio's floor) and into an indexed copy with the production keys and
+unindexed tables (a floor for context) and into an indexed copy with the production keys and
 foreign keys (a fairer floor, reported beside the ratio, never replacing it); and the original approach, per-batch ``INSERT ... VALUES ... ON CONFLICT DO UPDATE`` of
 100/200/500 rows over psycopg like the old sync, timed on a bounded subset of the answers (the first
 ``--upsert-rows``) and extrapolated linearly to all rows (the output says so). Prints a table with the
-§9 ratios and writes ``data/bench/results-<timestamp>.json``. Writes only under ``data/bench`` and
+quality-bar ratios (docs/ARCHITECTURE.md, “Quality bars”) and writes ``data/bench/results-<timestamp>.json``. Writes only under ``data/bench`` and
 the throw-away cluster.
 
 Those are the library's phases, timed inside this process. Then the import runbook is driven as a user
@@ -197,7 +197,7 @@ def measure_library(folder: Path, server: LocalPostgres, res: dict, upsert_rows:
     res["apply_timings"] = outcome.result.timings
     peaks["apply"] = _peak_mb()
     # the apply run ends with its verification (a re-plan, as the import runbook does); the no-op
-    # re-run of SPEC §9 is the next run, timed after it
+    # re-run of docs/ARCHITECTURE.md, “Quality bars” is the next run, timed after it
     verified, res["verify_s"] = timed(importer.plan_import, target.con, desired, labels)
     assert verified.is_empty, verified.counts()
     peaks["verify"] = _peak_mb()
@@ -209,7 +209,7 @@ def measure_library(folder: Path, server: LocalPostgres, res: dict, upsert_rows:
     assert noop.status == "nothing", noop.reason
     res["noop_apply_timings"] = noop.result.timings if noop.result else {}
     target.close()
-    # SPEC §9's peak memory is the import's (profile, rows, plan, apply, verify, no-op); the baselines
+    # docs/ARCHITECTURE.md, “Quality bars”'s peak memory is the import's (profile, rows, plan, apply, verify, no-op); the baselines
     # below build their own copies of the rows (uuids joined on, Python lists) and are reported apart
     res["peak_memory_mb"] = peaks["no-op"] = _peak_mb()
     tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
@@ -386,7 +386,7 @@ def _peak_mb() -> float:
 
 
 def ratios(res: dict, base: dict | None) -> list[tuple[str, str, str, bool]]:
-    """(measure, value, bar, met) rows of SPEC.md §9: the realistic-scale bars, or for a larger scale
+    """(measure, value, bar, met) rows of docs/ARCHITECTURE.md, “Quality bars”: the realistic-scale bars, or for a larger scale
     (``base`` given) its two bars, time within 11x of the realistic run and peak memory."""
     pa_s = res["plan_s"] + res["apply_s"]
     memory = ("peak memory (the import)", f"{res['peak_memory_mb']:.0f} MB", "≤ 2048 MB", res["peak_memory_mb"] <= 2048)
@@ -429,14 +429,14 @@ def report_library(res: dict, base: dict | None) -> None:
                                  "re-planned, found nothing to do and wrote nothing)"))
     for u in res["upserts"]:
         print(f"  upserts batch {u['batch']:<4}     {u['extrapolated_total_s']:8.1f} s  ({u['note']})")
-    print(f"\n  {'SPEC §9 measure':<34} {'value':>10}  {'bar':<10} met")
+    print(f"\n  {'docs/ARCHITECTURE.md, “Quality bars” measure':<34} {'value':>10}  {'bar':<10} met")
     for name, value, bar, met in ratios(res, base):
         print(f"  {name:<34} {value:>10}  {bar:<10} {'yes' if met else 'NO'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", type=int, default=1, help="1 = realistic (DOMAIN.md §1); 10 = ten times that")
+    p.add_argument("--scale", type=int, default=1, help="1 = realistic (docs/DOMAIN.md, “The system”); 10 = ten times that")
     p.add_argument("--upsert-rows", type=int, default=50_000, help="answer rows timed for the batched upserts")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--ops-only", action="store_true", help="only the import runbook through vespa-ops")

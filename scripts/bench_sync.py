@@ -1,4 +1,4 @@
-"""Benchmark the sync_check runbook's library path at realistic scale (SPEC.md §9, issue 5).
+"""Benchmark the sync_check runbook's library path at realistic scale (docs/ARCHITECTURE.md, “Quality bars”).
 
 Generates the realistic fresh export once into ``data/bench/realistic-fresh`` (reused while newer than
 the realistic snapshot of ``scripts/bench.py``), then in ONE throw-away PostgreSQL: loads the damaged
@@ -249,7 +249,7 @@ def report_library(res: dict) -> None:
             ("repeat plan zero changes", str(res["repeat_plan_empty"]), "True", res["repeat_plan_empty"]),
             ("repeat apply writes", str(res["repeat_writes"]), "0", res["repeat_writes"] == 0),
             ("peak memory", f"{res['peak_memory_mb']:.0f} MB", "≤ 2048 MB", res["peak_memory_mb"] <= 2048)]
-    print(f"\n  {'SPEC §9 / issue 5 measure':<28} {'value':>10}  {'bar':<10} met")
+    print(f"\n  {'quality bar':<28} {'value':>10}  {'bar':<10} met")
     for name, value, bar, met in rows:
         print(f"  {name:<28} {value:>10}  {bar:<10} {'yes' if met else 'NO'}")
 

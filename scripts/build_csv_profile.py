@@ -12,7 +12,7 @@ md("""
 # csv_profile — what the year-end snapshot holds (read-only)
 
 Profiles the three Knack exports (object_6 accounts, object_10 results, object_29 answers) *before*
-anything is imported (SPEC.md §6.2). Nothing is written except this run's evidence folder: the CSV
+anything is imported (docs/ARCHITECTURE.md, “Runbooks”). Nothing is written except this run's evidence folder: the CSV
 files are read with DuckDB under a pinned read specification and never modified, and the production
 database is opened read-only (only for establishment names, the Australian calendar rule and the
 email-domain fallback).
@@ -36,7 +36,7 @@ md("""
 
 Every column is read as text with an explicit delimiter, quote, escape and header, UTF-8 with or
 without a byte-order mark, and line breaks allowed inside quoted cells; DuckDB sniffs no types
-(SPEC.md §5). Parsing dates, emails and scores is the library's job. The settings are recorded in
+(docs/DOMAIN.md, “Reading the files”). Parsing dates, emails and scores is the library's job. The settings are recorded in
 the manifest, and each input file's SHA-256 too. Malformed input (wrong encoding, ragged rows, a
 truncated file) stops here with an error naming the file and line — never a silent skip.
 """)
@@ -117,7 +117,7 @@ run.check("establishment_coverage_complete", int(coverage["records"].sum()) == s
 md("""
 ## 5. Fill rates
 
-Share of records with a non-blank value, per logical column. Expect low rates where DOMAIN.md says
+Share of records with a non-blank value, per logical column. Expect low rates where docs/DOMAIN.md says
 so (`completion_date` ~5 % in the 2025 snapshot, object_29 `email` ~45 %); a column at 0 % that
 should hold data points at a renamed header.
 """)
@@ -154,7 +154,7 @@ ax.tick_params(axis="x", labelrotation=90, labelsize=7)
 plt.show()
 """)
 md("""
-## 7. Academic years each rule would give (DOMAIN.md §4)
+## 7. Academic years each rule would give (docs/DOMAIN.md, “Academic years”)
 
 Dated records under the UK rule (1 August boundary, UK local time) for every school, and under each
 school's own rule (Australian schools with `use_standard_year = false` use the calendar year `Y/Y`).

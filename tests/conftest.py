@@ -1,6 +1,6 @@
 """Shared fixtures. Kept small and generic; add feature-specific fixtures in their test files.
 
-PostgreSQL (SPEC.md §3): tests use the server named by ``VESPA_TEST_DATABASE_URL`` if set, else a
+PostgreSQL (docs/ARCHITECTURE.md, “Setting up and testing”): tests use the server named by ``VESPA_TEST_DATABASE_URL`` if set, else a
 throw-away ``LocalPostgres``; without server binaries they are skipped with the install command.
 
     pg_server     session: a server DSN (maintenance database) that may create databases

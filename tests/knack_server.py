@@ -1,4 +1,4 @@
-"""A loopback fake of Knack's REST API for tests (issue 5, item 7): real HTTP on 127.0.0.1.
+"""A loopback fake of Knack's REST API for tests: real HTTP on 127.0.0.1.
 
 ``FakeKnack`` serves ``GET /v1/objects/<key>/records`` from in-memory records, as Knack does:
 pages of ``rows_per_page`` (capped at 1,000) with ``total_pages``/``current_page``/
@@ -66,7 +66,7 @@ def _put(rec: dict, field: str, pair: tuple[object, object]) -> None:
 
 
 def oid(n: int, stamp: int = 0x68C98970) -> str:
-    """A 24-hex ObjectId whose first 8 digits are a 2025 creation time (DOMAIN.md §3)."""
+    """A 24-hex ObjectId whose first 8 digits are a 2025 creation time (docs/DOMAIN.md, “Knack fields”)."""
     return f"{stamp:08x}{n:016x}"
 
 

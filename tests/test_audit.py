@@ -1,4 +1,4 @@
-"""The audit runbook's logic (SPEC.md §6.1) on real databases: the generated damaged DuckDB, the same
+"""The audit runbook's logic (docs/ARCHITECTURE.md, “Runbooks”) on real databases: the generated damaged DuckDB, the same
 data loaded into a real PostgreSQL, and a clean database. Expected figures are computed here with
 plain SQL on the database itself (and compared with what the generator says it planted)."""
 
@@ -368,7 +368,7 @@ def test_notebook_end_to_end(generated, tmp_path, capsys):
     assert checks["f10_cycle_copies"]["figures"]["count"] == generated.damage["f10_copy_rows"]
     assert checks["backup_matches_counts"]["passed"]
     assert {b["table"] for b in manifest["backup"]} == {t.name for t in schema.PRODUCTION_TABLES}
-    # the restore point holds raw data: outside the evidence folder, owner-only (SPEC.md §8)
+    # the restore point holds raw data: outside the evidence folder, owner-only (docs/ARCHITECTURE.md, “Evidence and privacy”)
     restore = Path(manifest["restore_point"])
     assert first not in restore.parents and (tmp_path / "backups") in restore.parents
     assert {p.name for p in restore.glob("*.parquet")} == {f"{t.name}.parquet" for t in schema.PRODUCTION_TABLES}

@@ -1,4 +1,4 @@
-"""The evidence index and a report, opened in a real headless Chromium (SPEC.md §8)."""
+"""The evidence index and a report, opened in a real headless Chromium (docs/ARCHITECTURE.md, “Evidence and privacy”)."""
 
 from __future__ import annotations
 

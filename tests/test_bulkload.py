@@ -26,7 +26,7 @@ WHERE r.relnamespace = 'public'::regnamespace
 UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2, 3
 """
 CONTENT = ["students", "vespa_scores", "question_responses"]
-# what a production database may have that the workbook never made (DOMAIN.md §6: not ours)
+# what a production database may have that the workbook never made (docs/DOMAIN.md, “Production schema”: not ours)
 FOREIGN_INDEX = "CREATE INDEX qr_by_question_local ON question_responses (question_id, response_value) " \
                 "WHERE response_value IS NOT NULL"
 

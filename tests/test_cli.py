@@ -71,7 +71,7 @@ def test_list_shows_parameters_types_defaults_and_help(tmp_path, capsys):
 
 @pytest.mark.postgres
 def test_undo_plans_then_applies_only_with_the_fingerprint(tmp_path, capsys, pg_dsn, monkeypatch):
-    """`vespa-ops undo` (SPEC.md §7.5): without --approve it only prints the plan; with the printed
+    """`vespa-ops undo` (docs/ARCHITECTURE.md, “Guarded writes”): without --approve it only prints the plan; with the printed
     fingerprint it reverses the run exactly; a wrong fingerprint writes nothing."""
     import psycopg
     from test_plan import EST_A, OLD, desired, migrate, seed, students

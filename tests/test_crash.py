@@ -1,4 +1,4 @@
-"""Crash safety on real PostgreSQL (SPEC.md §9 reliability; issue 4 "What it must show").
+"""Crash safety on real PostgreSQL (docs/ARCHITECTURE.md, “Quality bars” reliability).
 
 An apply runs in a subprocess; ``VESPA_CRASH_AT`` makes it announce and sleep at a point (during
 COPY, during the merge, just before COMMIT), where the test kills it with SIGKILL. Every table,

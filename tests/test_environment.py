@@ -1,4 +1,4 @@
-"""environment.yml and pyproject.toml describe the same environment (SPEC.md §3)."""
+"""environment.yml and pyproject.toml describe the same environment (docs/ARCHITECTURE.md, “Setting up and testing”)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""No secret and no raw personal data in anything a real runbook run writes (SPEC.md §8, issue 3).
+"""No secret and no raw personal data in anything a real runbook run writes (docs/ARCHITECTURE.md, “Evidence and privacy”).
 
 Runs the real audit (on a real PostgreSQL reached through a DSN with a password), csv_profile and
 import plan on generated data, then reads every byte of every file the runs wrote and looks for the

@@ -1,4 +1,4 @@
-"""The guarded-write protocol (SPEC.md §7.2-7.5) on real DuckDB files and a real PostgreSQL."""
+"""The guarded-write protocol (docs/ARCHITECTURE.md, “Guarded writes”) on real DuckDB files and a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_apply_reports_phase_timings(con):
 
 def test_default_statistics_hook_recomputes_benchmark_years(duckdb_path):
     """The guard's default hook (recompute=None) calls stats with canonical benchmark years: a
-    calendar label counts in its benchmark year, a misspelling is canonicalised (DOMAIN.md §4, F11)."""
+    calendar label counts in its benchmark year, a misspelling is canonicalised (docs/DOMAIN.md, “Academic years”, F11)."""
     import duckdb
 
     from vespa_lib import guard, stats
@@ -241,7 +241,7 @@ def test_plain_write_racing_an_apply_cannot_slip_into_the_archive(pg_dsn, race):
 
 def test_verify_fails_on_a_refused_row(con):
     """A row of an archived year that differs from the source cannot be written, so the target does not
-    hold the source: the verification is not empty (SPEC.md §7.4 means "the target holds every row")."""
+    hold the source: the verification is not empty (docs/ARCHITECTURE.md, “Guarded writes” means "the target holds every row")."""
     apply(con, desired(students(OLD, EST_A, 2)), "r1", archive_years=[OLD])
     plan = verify(con, desired(students(OLD, EST_A, 2), score=7))
     assert plan.counts()["vespa_scores"][OLD]["refused"] == 2

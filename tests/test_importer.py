@@ -1,5 +1,5 @@
 """The import's orchestration (vespa_lib.importer) on generated data in a real PostgreSQL built like
-production (DOMAIN.md §6 without the workbook's additions, F2 key unique(email)), and on DuckDB."""
+production (docs/DOMAIN.md, “Production schema” without the workbook's additions, F2 key unique(email)), and on DuckDB."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def _cross_rows(con) -> set:
 
 
 def test_f8_repair_deletes_exactly_the_duplicates_and_the_plan_counts_every_kept_row(generated, tmp_path):
-    """DOMAIN.md §2 F8: the planted cross-year answer copies are deleted by their own guarded run,
+    """docs/DOMAIN.md, “Failure catalogue” F8: the planted cross-year answer copies are deleted by their own guarded run,
     nothing else is deleted, and after the import year N holds exactly insert + update + unchanged rows."""
     import duckdb
 

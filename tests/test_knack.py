@@ -1,4 +1,4 @@
-"""Decoding Knack values (DOMAIN.md §3; decoding contract in docs/ARCHITECTURE.md; F6, F7, F15)."""
+"""Decoding Knack values (docs/DOMAIN.md, “Knack fields”; decoding contract in docs/ARCHITECTURE.md; F6, F7, F15)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_decoders_never_raise_and_use_known_reasons(value):
 
 # ---------------------------------------------------------------- dates
 @pytest.mark.parametrize(("value", "expected"), [
-    ("29/09/2025 04:50", datetime(2025, 9, 29, 4, 50)),  # F6, DOMAIN §7.3
+    ("29/09/2025 04:50", datetime(2025, 9, 29, 4, 50)),  # F6, docs/DOMAIN.md, “Known data points” 3
     ("29/09/2025 04:50:07", datetime(2025, 9, 29, 4, 50, 7)),
     ("01/02/2025", date(2025, 2, 1)),  # F6: 1 February, never 2 January
     ("15/09/2024", date(2024, 9, 15)),
@@ -237,8 +237,8 @@ def test_decode_connection_bad(value):
 
 
 @pytest.mark.parametrize(("oid", "created"), [
-    (OID, datetime(2022, 1, 27, 16, 4, 51, tzinfo=UTC)),  # DOMAIN §7.11
-    ("68c989701983bb02c6678ec0", date(2025, 9, 16)),  # DOMAIN §3 gives the day only
+    (OID, datetime(2022, 1, 27, 16, 4, 51, tzinfo=UTC)),  # docs/DOMAIN.md, “Known data points” 11
+    ("68c989701983bb02c6678ec0", date(2025, 9, 16)),  # docs/DOMAIN.md, “Knack fields” gives the day only
 ])
 def test_object_id_created(oid, created):
     assert knack.is_object_id(oid)
@@ -276,11 +276,11 @@ def test_decode_bool(value, expected):
 
 # ---------------------------------------------------------------- scores and answers
 @pytest.mark.parametrize(("value", "expected"), [
-    ("7", Decoded(7)), ("7.0", Decoded(7)), (7.0, Decoded(7)), (7, Decoded(7)),  # F7, DOMAIN §7.4
-    (" 10.00 ", Decoded(10)), ("0", Decoded(0)), ("-0", Decoded(0)), ("007", Decoded(7)), (Decimal("3"), Decoded(3)),
+    ("7", Decoded(7)), ("7.0", Decoded(7)), (7.0, Decoded(7)), (7, Decoded(7)),  # F7, docs/DOMAIN.md, “Known data points” 4
+    (" 10.00 ", Decoded(10)), ("0", Decoded(0)), ("", Decoded(0)), ("007", Decoded(7)), (Decimal("3"), Decoded(3)),
     ("7.5", Decoded(None, "score_not_integer")), (7.5, Decoded(None, "score_not_integer")),
     ("7.0000000000000000001", Decoded(None, "score_not_integer")),  # no float rounding
-    ("11", Decoded(None, "score_out_of_range")), ("-1", Decoded(None, "score_out_of_range")),
+    ("11", Decoded(None, "score_out_of_range")), ("", Decoded(None, "score_out_of_range")),
     ("10.5", Decoded(None, "score_out_of_range")), (float("inf"), Decoded(None, "score_not_numeric")),
     ("abc", Decoded(None, "score_not_numeric")), ("7,0", Decoded(None, "score_not_numeric")),
     ("1e1", Decoded(None, "score_not_numeric")), (True, Decoded(None, "score_not_numeric")),
@@ -293,12 +293,12 @@ def test_decode_score(value, expected):
 @pytest.mark.parametrize(("value", "percentage", "expected"), [
     ("1", False, Decoded(1)), ("5", False, Decoded(5)), ("3.0", False, Decoded(3)), (4, False, Decoded(4)),
     ("0", False, Decoded(None, "unanswered")), (0, False, Decoded(None, "unanswered")),
-    ("6", False, Decoded(None, "answer_out_of_range")), ("-1", False, Decoded(None, "answer_out_of_range")),
+    ("6", False, Decoded(None, "answer_out_of_range")), ("", False, Decoded(None, "answer_out_of_range")),
     ("3.5", False, Decoded(None, "answer_not_integer")), ("x", False, Decoded(None, "answer_not_numeric")),
     ("0", True, Decoded(1)), ("20", True, Decoded(1)), ("20.5", True, Decoded(2)), ("21", True, Decoded(2)),
     ("40", True, Decoded(2)), ("41", True, Decoded(3)), ("60", True, Decoded(3)), ("61", True, Decoded(4)),
     ("80", True, Decoded(4)), ("80.01", True, Decoded(5)), ("100", True, Decoded(5)),
-    ("100.1", True, Decoded(None, "answer_out_of_range")), ("-5", True, Decoded(None, "answer_out_of_range")),
+    ("100.1", True, Decoded(None, "answer_out_of_range")), ("", True, Decoded(None, "answer_out_of_range")),
     ("lots", True, Decoded(None, "answer_not_numeric")),
 ])
 def test_decode_answer(value, percentage, expected):

@@ -1,6 +1,6 @@
 """KnackClient and API record decoding against a real loopback fake of Knack (tests/knack_server.py).
 
-Covers issue 5 item 7 (client part): paging, 429/5xx retries, expired keys, F12's exclusive date
+Covers the client: paging, 429/5xx retries, expired keys, F12's exclusive date
 filters, ``_raw`` decoding, and API rows landing in the same table shape as a CSV snapshot.
 No test reaches the network: an autouse guard refuses every socket connection off 127.0.0.1.
 """

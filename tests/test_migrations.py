@@ -1,4 +1,4 @@
-"""Migrations on a database the workbook did not create (issue 4 item 5; F2)."""
+"""Migrations on a database the workbook did not create (F2)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from vespa_lib.plan import plan_changes
 
 @pytest.fixture(params=["duckdb", "postgres"])
 def legacy(request, duckdb_path):
-    """A production-like database: DOMAIN §6 tables only, with the F2 key unique(email)."""
+    """A production-like database: docs/DOMAIN.md, “Production schema” tables only, with the F2 key unique(email)."""
     if request.param == "postgres":
         con = psycopg.connect(request.getfixturevalue("pg_dsn"), autocommit=True)
     else:
@@ -79,7 +79,7 @@ def test_checksum_covers_the_definition(version):
     assert len({x.checksum for x in MIGRATIONS}) == len(MIGRATIONS)
 
 
-# Migration 4's first version: one plpgsql call per row (~60 µs a row, SPEC.md §9), as it was installed.
+# Migration 4's first version: one plpgsql call per row (~60 µs a row, docs/ARCHITECTURE.md, “Quality bars”), as it was installed.
 LEGACY_ROW_TRIGGERS = """
 CREATE FUNCTION vespa_ops.vespa_archive_row_guard() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN

@@ -1,4 +1,4 @@
-"""Every runbook follows the contract (SPEC.md §6, STYLE.md): one parameters cell with typed, documented
+"""Every runbook follows the contract (docs/ARCHITECTURE.md, “Runbooks”, docs/ARCHITECTURE.md): one parameters cell with typed, documented
 parameters, validation right after it, no logic in the notebook, a verdict cell last, no outputs."""
 
 from __future__ import annotations

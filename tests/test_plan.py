@@ -1,4 +1,4 @@
-"""Planning (SPEC.md §7.1): counts per table × year, refusals (archived year, F16 scope), fingerprint.
+"""Planning (docs/ARCHITECTURE.md, “Guarded writes”): counts per table × year, refusals (archived year, F16 scope), fingerprint.
 
 Also holds the small hand-built data set the guard, protect, migrations and crash tests share
 (``seed``, ``desired``), so every test states its rows in one place.
@@ -214,7 +214,7 @@ def test_planning_is_read_only(con):
     assert table_checksums(con, tables) == before
 
 
-# --- no-op fast path (SPEC.md §9): it must plan exactly what the full classification plans --------
+# --- no-op fast path (docs/ARCHITECTURE.md, “Quality bars”): it must plan exactly what the full classification plans --------
 
 
 def _both_ways(con, want: Desired, monkeypatch, **kw):

@@ -166,9 +166,9 @@ def _school_db(tmp_path: Path) -> duckdb.DuckDBPyConnection:
 
 
 @pytest.mark.parametrize(("school", "date", "uk", "school_rule"), [
-    ("Perth College", "15/03/2025", "2024/2025", "2025/2025"),  # DOMAIN.md §7 point 5
-    ("Sydney Grammar", "15/10/2025", "2025/2026", "2025/2026"),  # §7 point 6: NULL = UK rule
-    ("Leeds High", "31/07/2025", "2024/2025", "2024/2025"),  # §7 point 2
+    ("Perth College", "15/03/2025", "2024/2025", "2025/2025"),  # docs/DOMAIN.md, “Known data points” 5
+    ("Sydney Grammar", "15/10/2025", "2025/2026", "2025/2026"),  # docs/DOMAIN.md, “Known data points” 6: NULL = UK rule
+    ("Leeds High", "31/07/2025", "2024/2025", "2024/2025"),  # docs/DOMAIN.md, “Known data points” 2
     ("Leeds High", "01/08/2025", "2025/2026", "2025/2026"),
     ("Unknown School", "15/09/2024", "2024/2025", "2024/2025"),  # not in the database: UK rule
 ])

@@ -1,4 +1,4 @@
-"""Archive protection inside PostgreSQL (SPEC.md §7; issue 4 item 3): the old sync cannot rewrite history.
+"""Archive protection inside PostgreSQL (docs/ARCHITECTURE.md, “Guarded writes”): the old sync cannot rewrite history.
 
 After the guard archives 2024/2025, plain SQL from a SEPARATE connection replays what the old sync
 did (F2 upsert, plain year rewrite, score update, F9 delete-all): each is refused and nothing changes;

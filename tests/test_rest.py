@@ -1,4 +1,4 @@
-"""RestReader against an in-process PostgREST double (DOMAIN.md F3: the 1,000-row cap).
+"""RestReader against an in-process PostgREST double (docs/DOMAIN.md F3: the 1,000-row cap).
 
 ``FakePostgREST`` is an ``httpx.MockTransport`` handler that behaves like PostgREST with Supabase's
 ``max-rows = 1000``: it honours select/order/offset/limit/Range and eq/gt/is filters (a top-level

@@ -1,5 +1,5 @@
 """build_rows: the rows of one academic year, scored against the generator's truth file, and the
-failure catalogue (DOMAIN.md §2) reproduced on purpose: F1, F2, F4, F6, F7, F8, F10, F16."""
+failure catalogue (docs/DOMAIN.md, “Failure catalogue”) reproduced on purpose: F1, F2, F4, F6, F7, F8, F10, F16."""
 
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def test_f4_without_field_133_establishments_come_from_object_6_and_domain(defau
 DATE_CASES = [  # (field_855 cell, completion date written, year, reason set aside)
     ("29/09/2024 04:50", date(2024, 9, 29), YEAR, None),  # F6: day-first with a time
     ("05/03/2025", date(2025, 3, 5), YEAR, None),  # 5 March, not 3 May
-    ("31/07/2025", date(2025, 7, 31), YEAR, None),  # DOMAIN §4: last day of the year (F12)
+    ("31/07/2025", date(2025, 7, 31), YEAR, None),  # docs/DOMAIN.md, “Academic years”: last day of the year (F12)
     ("2024-08-01", date(2024, 8, 1), YEAR, None),  # ISO, first day of the year
     ("31/07/2024", None, None, "stale_date"),
     ("01/08/2025", None, None, "outside_import_year"),
@@ -301,7 +301,7 @@ def _plain(table: pa.Table) -> pa.Table:
 
 def test_answers_hold_repeated_values_once(default):
     """Email, year and question id repeat on every answer: dictionary-encoded with one shared
-    dictionary per column (SPEC.md §9: 10x within 2 GB), decoding to exactly the built values."""
+    dictionary per column (docs/ARCHITECTURE.md, “Quality bars”: 10x within 2 GB), decoding to exactly the built values."""
     _, rows, _ = default
     answers = rows.question_responses
     for name in ("email", "academic_year", "question_id"):

@@ -207,7 +207,7 @@ def test_legacy_email_key_refuses_a_re_enrolled_student(con, legacy, second_year
     dialect = schema.dialect_of(con)
     schema.create_schema(con, workbook=False, legacy_email_key=legacy)
     _insert(con, dialect, "students", {"knack_id": "K1", "email": "a@s.uk", "academic_year": "2023/2024"})
-    try:  # F2 / DOMAIN.md §7.8: same email in two years -> two rows
+    try:  # F2 / docs/DOMAIN.md, “Known data points” 8: same email in two years -> two rows
         _insert(con, dialect, "students", {"knack_id": "K2", "email": "a@s.uk", "academic_year": Y})
         accepted = True
     except (duckdb.ConstraintException, psycopg.errors.UniqueViolation):

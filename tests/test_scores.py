@@ -1,4 +1,4 @@
-"""Element scores, overall and ERI (DOMAIN.md §5)."""
+"""Element scores, overall and ERI (docs/DOMAIN.md, “Scores”)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from vespa_lib import fieldmap, scores
 from vespa_lib.errors import DecodeError
 
-# DOMAIN §5 worked example: cycle 1, completed 22/09/2025 09:42.
+# docs/DOMAIN.md, “Scores” worked example: cycle 1, completed 22/09/2025 09:42.
 EXAMPLE = {
     "vision": [3, 4, 4, 5, 4],
     "effort": [3, 5, 4, 5],
@@ -55,7 +55,7 @@ EDGES = [
 
 @pytest.mark.parametrize(("element", "index", "bound"), EDGES, ids=[f"{e}-{b}" for e, _, b in EDGES])
 def test_every_threshold_edge(element, index, bound):
-    """A mean exactly at a bound gets the higher score; just below gets the lower (DOMAIN §5)."""
+    """A mean exactly at a bound gets the higher score; just below gets the lower (docs/DOMAIN.md, “Scores”)."""
     higher, lower = index + 2, index + 1
     exact = Fraction(str(bound))
     assert scores.score_from_mean(element, exact) == higher
@@ -95,7 +95,7 @@ def test_overall_is_nearest_and_never_a_tie(values):
 
 
 @pytest.mark.parametrize(("answers", "expected"), [
-    ((4, 4, 3), 3.667),  # DOMAIN §5
+    ((4, 4, 3), 3.667),  # docs/DOMAIN.md, “Scores”
     ((5, 5, 5), 5.0),
     ((1, 1, 2), 1.333),
     ((1, 2, 2), 1.667),

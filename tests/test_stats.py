@@ -1,5 +1,5 @@
 """Statistics recomputed in the database (vespa_lib.stats) against an independent Python computation,
-on a real DuckDB file and a real PostgreSQL (DOMAIN.md §6; F9, F13, F15, F16)."""
+on a real DuckDB file and a real PostgreSQL (docs/DOMAIN.md, “Production schema”; F9, F13, F15, F16)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _insert(con, dialect: str, table: str, rows: list[dict]) -> None:
 SCHOOLS = {  # name -> (is_australian, use_standard_year, {label: students})
     "Alpha": (False, None, {Y24: 12, Y25: 6, Y23: 4}),
     "Beta": (False, True, {Y24: 9}),
-    "Coral": (True, False, {"2024/2024": 6, "2025/2025": 5}),  # DOMAIN.md §4: calendar-year school
+    "Coral": (True, False, {"2024/2024": 6, "2025/2025": 5}),  # docs/DOMAIN.md, “Academic years”: calendar-year school
 }
 
 
@@ -257,7 +257,7 @@ def test_establishment_scope_touches_only_that_schools_rows(db):
 
 def test_stale_rows_of_the_slice_are_deleted_and_extra_columns_survive(db):
     con, dialect = db
-    con.execute("ALTER TABLE national_statistics ADD COLUMN additional_stats TEXT")  # DOMAIN.md §6: tolerated
+    con.execute("ALTER TABLE national_statistics ADD COLUMN additional_stats TEXT")  # docs/DOMAIN.md, “Production schema”: tolerated
     _recompute(con, dialect, [Y24])
     con.execute("UPDATE national_statistics SET additional_stats = 'kept'")
     labels = [Y24, "2024/2024"]

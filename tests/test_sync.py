@@ -1,4 +1,4 @@
-"""The one authoritative sync (issue 5) on real DuckDB files with generated data.
+"""The one authoritative sync on real DuckDB files with generated data.
 
 Every F-case is planted into a copy of the fresh export (or, for defence in depth, into the rows a
 broken builder would hand the planner) and caught before any write: the database checksums stay

@@ -1,4 +1,4 @@
-"""The Knack REST source and the CSV source plan the same sync for the same records (issue 5 item 1).
+"""The Knack REST source and the CSV source plan the same sync for the same records.
 
 One list of Knack-shaped records (``tests/knack_server.py`` builders, ``_raw`` values) is served by
 the loopback ``FakeKnack`` AND written as a fresh export in the snapshot format (headers: the field
@@ -97,7 +97,7 @@ def domain(school: tuple[str, str]) -> str:
 
 
 def _scores(n: int) -> list[object]:
-    # Numbers and numeric strings mixed, as the API's _raw values come (DOMAIN.md §3).
+    # Numbers and numeric strings mixed, as the API's _raw values come (docs/DOMAIN.md, “Knack fields”).
     return [1 + n % 10, str(1 + (n + 3) % 10), f"{1 + (n + 5) % 10}.0", 1 + (n + 7) % 10, str(1 + n % 9),
             1 + (n + 2) % 10]
 
@@ -125,7 +125,7 @@ def records(target: Path, *, existing_blank: bool = False) -> dict[str, list[dic
     for i in range(12):
         plan.append((f"new{i}@{domain(sc['uk1'])}", sc["uk1"], date(2025, 9, 10 + i), 1 + i % 2))
         plan.append((f"new{i}@{domain(sc['uk2'])}", sc["uk2"], date(2026, 1, 5 + i), 1))
-    for i in range(4):  # the calendar-year school's running year on 2026-03-15 is 2026/2026 (DOMAIN.md §4)
+    for i in range(4):  # the calendar-year school's running year on 2026-03-15 is 2026/2026 (docs/DOMAIN.md, “Academic years”)
         plan.append((f"new{i}@{domain(sc['au'])}", sc["au"], date(2026, 1 + i % 3, 12 + i), 1))
     known = existing_students(target, sc["uk1"], 2) + existing_students(target, sc["uk2"], 3)
     for i, email in enumerate(known[:4]):
@@ -140,7 +140,7 @@ def records(target: Path, *, existing_blank: bool = False) -> dict[str, list[dic
         for obj, rec in student(n, email, school, completed, cycles=cycles).items():
             out[obj].append(rec)
     anchor = next(r for r in out["object_10"] if r["field_197_raw"] == {"email": ANCHOR_EMAIL})
-    anchor["field_197_raw"] = f'<a href="mailto:{ANCHOR_EMAIL}">{ANCHOR_EMAIL.upper()}</a>'  # DOMAIN.md §3
+    anchor["field_197_raw"] = f'<a href="mailto:{ANCHOR_EMAIL}">{ANCHOR_EMAIL.upper()}</a>'  # docs/DOMAIN.md, “Knack fields”
     return out
 
 

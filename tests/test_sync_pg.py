@@ -1,4 +1,4 @@
-"""The sync on a real PostgreSQL (issue 5): a nightly sync of 2025/2026 after 2024/2025 was archived
+"""The sync on a real PostgreSQL: a nightly sync of 2025/2026 after 2024/2025 was archived
 leaves every 2024/2025 row exactly as it was, and the database itself refuses history writes."""
 
 from __future__ import annotations

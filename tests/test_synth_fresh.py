@@ -1,4 +1,4 @@
-"""The fresh export of the current year (issue 5 item 6) and its truth file.
+"""The fresh export of the current year and its truth file.
 
 Checked independently of the generator's bookkeeping: the export is parsed with Python's csv
 module and decoded with ``vespa_lib.knack``; the database is queried with DuckDB SQL; the import
@@ -170,7 +170,7 @@ def test_reenrolled_and_blank_dates(truth, o10, base):
     snap = {r["email"]: r for r in read(base / "truth.csv") if r["object"] == "object_10" and r["expected"] == "import"}
     new = [r for r in truth if "reenrolled_new" in r["quirks"].split(";")]
     # each school syncs into its own running year: N for UK-rule schools, the calendar year of as_of
-    # (2026/2026 on 2026-03-15) for calendar-year schools (DOMAIN.md §4)
+    # (2026/2026 on 2026-03-15) for calendar-year schools (docs/DOMAIN.md, “Academic years”)
     assert new and all(r["drift"] == "new" and r["academic_year"] in (N, CAL) for r in new)
     assert all(r["email"] in snap and snap[r["email"]]["record_id"] != r["record_id"] for r in new)
     blank = {i for i, rec in o10.items() if knack.is_blank(rec["field_855_date"])}

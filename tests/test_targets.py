@@ -1,4 +1,4 @@
-"""Targets (SPEC.md §4): parsing, secrets, and the uniform read interface on all three kinds."""
+"""Targets (docs/ARCHITECTURE.md, “Targets”): parsing, secrets, and the uniform read interface on all three kinds."""
 
 from __future__ import annotations
 

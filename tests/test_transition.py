@@ -1,5 +1,5 @@
 """year_transition on DuckDB: each success-criterion check passes on a clean history and fails where
-its defect was planted; the rollover, its idempotence and undo; the runbook end to end (issue 6)."""
+its defect was planted; the rollover, its idempotence and undo; the runbook end to end."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""year_transition on a real PostgreSQL (issue 6): the checks with the archive triggers, the rollover
+"""year_transition on a real PostgreSQL: the checks with the archive triggers, the rollover
 applied, idempotent, crash-safe (SIGKILL mid-way), undone exactly, and the old sync's plain SQL refused."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Academic-year rules (DOMAIN.md §4, §7; F1, F11, F12, F13, F14)."""
+"""Academic-year rules (docs/DOMAIN.md, “Academic years”; F1, F11, F12, F13, F14)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ rules = st.sampled_from([
     ("2024-2025", "2024/2025"),
     ("2024/25", "2024/2025"),
     (" 2024 / 25 ", "2024/2025"),
-    ("2025-26", "2025/2026"),  # DOMAIN §7.7
-    ("2025-2026", "2025/2026"),  # DOMAIN §7.7
-    ("2025/26", "2025/2026"),  # DOMAIN §7.7
+    ("2025-26", "2025/2026"),  # docs/DOMAIN.md, “Known data points” 7
+    ("2025-2026", "2025/2026"),  # docs/DOMAIN.md, “Known data points” 7
+    ("2025/26", "2025/2026"),  # docs/DOMAIN.md, “Known data points” 7
     ("2099/00", "2099/2100"),  # century roll-over of the short form
     ("2025/2025", "2025/2025"),
     ("2025-2025", "2025/2025"),
@@ -73,15 +73,15 @@ def test_uses_calendar_year(is_australian, use_standard_year, expected):
     assert years.uses_calendar_year(is_australian, use_standard_year) is expected
 
 
-# DOMAIN §7 data points 1, 2, 3, 5, 6 and the §4 boundary cases as one table.
+# docs/DOMAIN.md, “Known data points” 1, 2, 3, 5, 6 and the “Academic years” boundary cases as one table.
 @pytest.mark.parametrize(("when", "rule", "expected"), [
-    (date(2024, 9, 15), {}, "2024/2025"),  # §7.1
-    (date(2025, 7, 31), {}, "2024/2025"),  # §7.2
-    (date(2025, 8, 1), {}, "2025/2026"),  # §7.2
-    (datetime(2025, 9, 29, 4, 50), {}, "2025/2026"),  # §7.3
-    (date(2025, 3, 15), {"is_australian": True, "use_standard_year": False}, "2025/2025"),  # §7.5
-    (date(2025, 10, 15), {"is_australian": True, "use_standard_year": True}, "2025/2026"),  # §7.6
-    (date(2025, 10, 15), {"is_australian": True, "use_standard_year": None}, "2025/2026"),  # §7.6, F14
+    (date(2024, 9, 15), {}, "2024/2025"),  # docs/DOMAIN.md, “Known data points” 1
+    (date(2025, 7, 31), {}, "2024/2025"),  # docs/DOMAIN.md, “Known data points” 2
+    (date(2025, 8, 1), {}, "2025/2026"),  # docs/DOMAIN.md, “Known data points” 2
+    (datetime(2025, 9, 29, 4, 50), {}, "2025/2026"),  # docs/DOMAIN.md, “Known data points” 3
+    (date(2025, 3, 15), {"is_australian": True, "use_standard_year": False}, "2025/2025"),  # docs/DOMAIN.md, “Known data points” 5
+    (date(2025, 10, 15), {"is_australian": True, "use_standard_year": True}, "2025/2026"),  # docs/DOMAIN.md, “Known data points” 6
+    (date(2025, 10, 15), {"is_australian": True, "use_standard_year": None}, "2025/2026"),  # docs/DOMAIN.md, “Known data points” 6, F14
     (date(2025, 9, 1), {}, "2025/2026"),  # F11: 1 Sep is not the boundary...
     (date(2025, 8, 31), {}, "2025/2026"),  # ...so late August is already the new year
     (datetime(2025, 7, 31, 23, 30, tzinfo=UTC), {}, "2025/2026"),  # BST: already 1 August in London
@@ -114,7 +114,7 @@ def test_no_function_defaults_to_today():
 
 
 @pytest.mark.parametrize(("label", "benchmark", "bounds", "prev", "nxt", "is_cal"), [
-    ("2025/2025", "2025/2026", (date(2025, 1, 1), date(2025, 12, 31)), "2024/2024", "2026/2026", True),  # §7.5
+    ("2025/2025", "2025/2026", (date(2025, 1, 1), date(2025, 12, 31)), "2024/2024", "2026/2026", True),  # docs/DOMAIN.md, “Known data points” 5
     ("2024/2025", "2024/2025", (date(2024, 8, 1), date(2025, 7, 31)), "2023/2024", "2025/2026", False),
     ("2024-25", "2024/2025", (date(2024, 8, 1), date(2025, 7, 31)), "2023/2024", "2025/2026", False),
     ("2024/2024", "2024/2025", (date(2024, 1, 1), date(2024, 12, 31)), "2023/2023", "2025/2025", True),

@@ -1,5 +1,5 @@
-"""The audit runbook's logic (SPEC.md §6.1): what the production tables hold, and which of the
-failures of DOMAIN.md §2 have left traces. Every function is a read-only operation: it reads the
+"""The audit runbook's logic (docs/ARCHITECTURE.md, “Runbooks”): what the production tables hold, and which of the
+failures of docs/DOMAIN.md, “Failure catalogue” have left traces. Every function is a read-only operation: it reads the
 target (or its in-memory DuckDB copy for REST targets) and returns a ``Section`` (a DataFrame to
 show and the ``Finding``s it supports). Counting is done in the database (F3, F5): no large table
 is pulled into pandas to be counted.
@@ -99,7 +99,7 @@ def _canonical_or_none(label) -> str | None:
 
 def duplicates(t) -> Section:
     """Same email twice in one year (students), F10 cycle copies (a cycle 2/3 row identical to the
-    student's cycle 1 in all six scores and the completion date, DOMAIN.md §7.9), and F8 answers:
+    student's cycle 1 in all six scores and the completion date, docs/DOMAIN.md, “Known data points” 9), and F8 answers:
     answer rows whose year differs from the same student's scores' year for that cycle, and answer
     rows whose student has no scores that cycle. Read-only."""
     src = as_source(t)
@@ -130,7 +130,7 @@ def duplicates(t) -> Section:
 
 
 def _answer_year_parts(src: Source, findings: list[Finding]) -> list[pd.DataFrame]:
-    # DOMAIN.md §4 cohort consistency: answers for a cycle carry the year of the scores for that cycle.
+    # docs/DOMAIN.md, “Academic years” cohort consistency: answers for a cycle carry the year of the scores for that cycle.
     same_cycle = "s.student_id = q.student_id AND s.cycle = q.cycle"
     mismatch = src.query(
         "SELECT q.academic_year, q.cycle, COUNT(*) AS n FROM question_responses q"

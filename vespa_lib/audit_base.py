@@ -1,5 +1,5 @@
 """What every audit section shares: the ``Source`` it reads, ``Finding``/``Section`` results, and
-recording findings as runbook checks (SPEC.md §6.1).
+recording findings as runbook checks (docs/ARCHITECTURE.md, “Runbooks”).
 
     Source      the target itself (DuckDB, PostgreSQL) or an in-memory DuckDB copy of it (REST)
     Finding     one observation: a stable check name, its failure-catalogue code, a count, figures
@@ -25,7 +25,7 @@ from .errors import ParameterError
 
 __all__ = ["CATALOGUE", "Finding", "Section", "Source", "as_source", "record", "validate_fail_on"]
 
-# check name -> code. Codes are DOMAIN.md §2 failure ids, or a topic for checks outside the catalogue.
+# check name -> code. Codes are docs/DOMAIN.md, “Failure catalogue” failure ids, or a topic for checks outside the catalogue.
 CATALOGUE: dict[str, str] = {
     "noncanonical_year_labels": "F11",
     "single_year_keys": "F2",

@@ -1,5 +1,5 @@
 """Audit sections read from the system catalogs: keys and indexes present (F2) and Row Level
-Security state (SPEC.md §9). Read-only operations. REST targets expose no catalogs, so there both
+Security state (docs/ARCHITECTURE.md, “Quality bars”). Read-only operations. REST targets expose no catalogs, so there both
 sections say "not visible over REST" and their checks are reported as not run, never as passed.
 """
 
@@ -14,7 +14,7 @@ NOT_VISIBLE = "not visible over REST"
 
 __all__ = ["YEAR_KEYED_TABLES", "keys_and_indexes", "rls_state"]
 
-# DOMAIN.md §6 / F2: one row per student per year, so every key on these tables must include the year.
+# docs/DOMAIN.md, “Production schema” / F2: one row per student per year, so every key on these tables must include the year.
 YEAR_KEYED_TABLES = ("students", "vespa_scores", "question_responses")
 _COLUMNS = ["table", "kind", "name", "columns", "definition", "flag"]
 
@@ -22,7 +22,7 @@ _COLUMNS = ["table", "kind", "name", "columns", "definition", "flag"]
 def keys_and_indexes(t) -> Section:
     """Constraints and indexes present per production table, flagging single-year keys (a unique key
     on students / vespa_scores / question_responses without academic_year, e.g. the F2 key
-    ``unique(email)``) and the expected keys of DOMAIN.md §6 that are missing. Read-only."""
+    ``unique(email)``) and the expected keys of docs/DOMAIN.md, “Production schema” that are missing. Read-only."""
     src = as_source(t)
     if src.kind == "supabase":
         frame = pd.DataFrame([{"table": tb, "kind": NOT_VISIBLE} for tb in src.tables], columns=_COLUMNS)
@@ -45,7 +45,7 @@ def keys_and_indexes(t) -> Section:
                 f"{len(single)} unique keys omit academic_year: "
                 + ("; ".join(f"{a}({b})" for a, b in zip(single["table"], single["columns"], strict=True)) or "none"),
                 {"keys": [f"{a}({b})" for a, b in zip(single["table"], single["columns"], strict=True)]}),
-        Finding("expected_keys_missing", len(missing), f"{len(missing)} keys of DOMAIN.md §6 are missing",
+        Finding("expected_keys_missing", len(missing), f"{len(missing)} keys of docs/DOMAIN.md, “Production schema” are missing",
                 {"keys": [f"{tb}({', '.join(cols)})" for tb, cols in missing]}),
     ]
     return Section("Constraints and indexes (F2)", frame, findings)

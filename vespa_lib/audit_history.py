@@ -1,5 +1,5 @@
 """The audit over time: comparison with the previous audit of the same target, the Parquet backup
-that is the restore point (SPEC.md §6.1), and the audit's charts.
+that is the restore point (docs/ARCHITECTURE.md, “Runbooks”), and the audit's charts.
 
 ``find_previous``, ``compare_previous``, ``content_checksum`` and the charts are read-only.
 ``backup`` writes Parquet files into the folder it is given (the run's evidence folder) and nothing
@@ -122,7 +122,7 @@ def restore_point_dir(root: Path | str, run_id: str, when: str) -> Path:
     """The folder for one audit's restore point: ``<root>/<YYYY-MM-DD>/<run_id>/``, owner-only (0700).
 
     Restore points hold raw personal data (a masked backup could restore nothing), so they are kept
-    OUTSIDE the shareable evidence folder (SPEC.md §8: evidence is masked); the manifest records their
+    OUTSIDE the shareable evidence folder (docs/ARCHITECTURE.md, “Evidence and privacy”: evidence is masked); the manifest records their
     location, row counts and checksums."""
     path = Path(root) / when / run_id
     path.mkdir(parents=True, exist_ok=True)

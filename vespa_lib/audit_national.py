@@ -1,7 +1,7 @@
 """Audit sections about the national benchmarks: test accounts (F15) and ``national_statistics``
-coverage, including the dashboard's year list (F9). Read-only operations (SPEC.md §6.1).
+coverage, including the dashboard's year list (F9). Read-only operations (docs/ARCHITECTURE.md, “Runbooks”).
 
-Score years are compared in their benchmark year (DOMAIN.md §4: an Australian calendar year
+Score years are compared in their benchmark year (docs/DOMAIN.md, “Academic years”: an Australian calendar year
 ``Y/Y`` is counted in ``Y/Y+1``), after normalising non-canonical spellings (F11).
 """
 
@@ -15,9 +15,9 @@ from .errors import YearError
 
 __all__ = ["TEST_DOMAIN", "SCORE_ELEMENTS", "test_accounts", "national_coverage", "benchmark_label"]
 
-# DOMAIN.md §2 F15: VESPA's own test accounts end in this domain.
+# docs/DOMAIN.md, “Failure catalogue” F15: VESPA's own test accounts end in this domain.
 TEST_DOMAIN = "@vespa.academy"
-# DOMAIN.md §6: every (year, cycle) with scores needs these national rows; ERI only where answers exist.
+# docs/DOMAIN.md, “Production schema”: every (year, cycle) with scores needs these national rows; ERI only where answers exist.
 SCORE_ELEMENTS = ("vision", "effort", "systems", "practice", "attitude", "overall")
 
 
@@ -95,7 +95,7 @@ def _inclusion(national, total, test, canonical_total, canonical_test) -> str:
 def national_coverage(t) -> Section:
     """Per benchmark year × cycle with scores: the national_statistics rows present and the elements
     missing; the dashboard's year list (``SELECT DISTINCT academic_year FROM national_statistics``,
-    DOMAIN.md §6) and the years with data it would not show (F9). Read-only."""
+    docs/DOMAIN.md, “Production schema”) and the years with data it would not show (F9). Read-only."""
     src = as_source(t)
     if not src.has("vespa_scores", "academic_year", "cycle"):
         return Section("national_statistics coverage (F9)", pd.DataFrame(), [])

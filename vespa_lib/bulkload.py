@@ -1,4 +1,4 @@
-"""Bulk-load mode for a guarded insert of many rows into one PostgreSQL table (SPEC.md §9). Writes.
+"""Bulk-load mode for a guarded insert of many rows into one PostgreSQL table (docs/ARCHITECTURE.md, “Quality bars”). Writes.
 
 Maintaining a table's keys row by row costs more than building them once: at realistic scale the
 archive import inserts ~1M answers, and the per-row work of the primary key, the unique key and the

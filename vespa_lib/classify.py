@@ -152,7 +152,7 @@ def classify_rows(con: Any, spec: TableSpec, cols: list[str], desired: Desired, 
     and the desired values, so the merge, digest and samples read this one table (no re-join).
 
     ``staged_years``: the years of the staged rows; only live rows of those years can match a key, so
-    the live side is read for them only (half the answers table or less, SPEC.md §9)."""
+    the live side is read for them only (half the answers table or less, docs/ARCHITECTURE.md, “Quality bars”)."""
     compared = [c for c in cols if c not in spec.keys]
     on = " AND ".join(f"l.{q(k)} = d.{q(k)}" for k in spec.keys)
     flags = "".join(f", (d.{q(c)} IS DISTINCT FROM l.{q(c)}) AS {q('ch_' + c)}" for c in compared)
@@ -255,7 +255,7 @@ def changed_columns(con: Any, spec: TableSpec, cols: list[str]) -> list[str]:
 
 
 def sample_updates(con: Any, spec: TableSpec, cols: list[str], changed: list[str]) -> list[dict]:
-    """A few updates with before/after of the changed columns; emails masked (SPEC.md §8)."""
+    """A few updates with before/after of the changed columns; emails masked (docs/ARCHITECTURE.md, “Evidence and privacy”)."""
     if not changed:
         return []
     keys = ", ".join(f"p.{q(k)}" for k in spec.keys)
@@ -281,7 +281,7 @@ def with_unchanged(counts: dict[str, dict[str, int]], proven: dict[str, int]) ->
     return counts
 
 
-# --- no-op fast path (SPEC.md §9: a re-run that finds nothing to do ≤ 5 s) ----------------------
+# --- no-op fast path (docs/ARCHITECTURE.md, “Quality bars”: a re-run that finds nothing to do ≤ 5 s) ----------------------
 # The live rows of the desired years are read once (COPY out) and compared with the desired rows per
 # student group (academic_year, email) in DuckDB; only the groups that differ are staged and
 # classified. With deletes, the proven groups are staged as keys only, so no row of theirs is deleted.
@@ -295,8 +295,8 @@ def _live_rows(con: Any, spec: TableSpec, cols: list[str], years: list[str]
     the (student_id, email) pairs their ``student_id`` resolves through (None: rows carry the email).
     Read-only.
 
-    PostgreSQL: a stream of Arrow batches over one ``COPY ... TO STDOUT`` (SPEC.md §4: bulk reads
-    over COPY; §9: never all in memory), to be read once; scores and answers carry their
+    PostgreSQL: a stream of Arrow batches over one ``COPY ... TO STDOUT`` (docs/ARCHITECTURE.md, “Targets”: bulk reads
+    over COPY; never all in memory, docs/ARCHITECTURE.md “Quality bars”), to be read once; scores and answers carry their
     ``student_id``, which the reader resolves to emails in DuckDB (no join per row in Python); dates
     rendered ISO whatever the server's DateStyle; NULL unquoted, empty text quoted."""
     join = "JOIN students s ON s.id = t.student_id " if spec.via_student else ""

@@ -1,4 +1,4 @@
-"""``vespa-ops``: the command line over the runbooks (SPEC.md §3). A thin layer over papermill.
+"""``vespa-ops``: the command line over the runbooks (docs/ARCHITECTURE.md, “Setting up and testing”). A thin layer over papermill.
 
     vespa-ops run RUNBOOK [-f params/x.yaml] [-p name=value ...] [--timeout SEC]
     vespa-ops list                      runbooks with their parameters, types, defaults and help
@@ -299,7 +299,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    """Plan the undo of ``run_id`` (read-only); with ``--approve FP`` apply it as a guarded run (SPEC.md §7.5)."""
+    """Plan the undo of ``run_id`` (read-only); with ``--approve FP`` apply it as a guarded run (docs/ARCHITECTURE.md, “Guarded writes”)."""
     from vespa_lib import guard, importer, targets
 
     target = importer.open_import(args.target)

@@ -129,7 +129,7 @@ RUNS: tuple[RunStep, ...] = (
     RunStep("audit"),
     RunStep("sync_check", optional=True),
     RunStep("year_transition", optional=True),
-    # The 1 August rehearsal (issue 6): close 2025/2026, open 2026/2027 on a copy of the DuckDB file.
+    # The 1 August rehearsal: close 2025/2026, open 2026/2027 on a copy of the DuckDB file.
     RunStep("year_transition", {"mode": "rollover", "as_of": "2026-08-01", "approve": "auto",
                                 "rehearsal_copy": True}, optional=True),
 )

@@ -1,5 +1,5 @@
 """The DuckDB connections the workbook opens for its own work: a snapshot's tables, the rows the rule
-chains build, the planner's hashes (SPEC.md §9: 10× the realistic scale within 2 GB of memory).
+chains build, the planner's hashes (docs/ARCHITECTURE.md, “Quality bars”: 10× the realistic scale within 2 GB of memory).
 
 DuckDB's default memory limit is 80% of the machine's RAM, so on a large input it holds everything in
 memory (10× object_10 + the answers unpivot: 5.5 GB). ``connect`` caps it (``VESPA_DUCKDB_MEMORY``,

@@ -1,4 +1,4 @@
-"""Evidence of runs (SPEC.md §8): run folders, manifests, HTML reports and the index page.
+"""Evidence of runs (docs/ARCHITECTURE.md, “Evidence and privacy”): run folders, manifests, HTML reports and the index page.
 
 Writes only under ``outputs/``. Layout::
 
@@ -184,7 +184,7 @@ def finalise(run_dir: Path, executed: Path | None, *, runbook: str, run_id: str,
              unattended: bool = True, repo: Path | None = None) -> dict[str, Any]:
     """Write the evidence of a finished run (passed or failed) and update the index; return the manifest.
 
-    Order matters (SPEC.md §8): every file is scrubbed before it is written, then the whole folder is
+    Order matters (docs/ARCHITECTURE.md, “Evidence and privacy”): every file is scrubbed before it is written, then the whole folder is
     scanned; anything left is replaced and the run is marked failed.
     """
     import nbformat

@@ -1,4 +1,4 @@
-"""The field map: which CSV header carries each logical column (SPEC.md §5).
+"""The field map: which CSV header carries each logical column (docs/DOMAIN.md, “Reading the files”).
 
 The map itself is data (``fieldmap.yaml``); this module loads it and resolves a file's headers
 against it. Resolution is a read-only operation on header names: it never opens data.

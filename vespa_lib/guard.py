@@ -1,4 +1,4 @@
-"""Guarded writes (SPEC.md §7.2-7.5): approve, apply in one transaction, verify. Writes only here.
+"""Guarded writes (docs/ARCHITECTURE.md, “Guarded writes”): approve, apply in one transaction, verify. Writes only here.
 
 ``apply_plan`` follows docs/ARCHITECTURE.md "Guarded writes" step by step:
 
@@ -23,7 +23,7 @@
    the plan: any difference raises and everything rolls back.
 
 ``VESPA_CRASH_AT=copy|merge|before_commit`` makes the process announce ``VESPA_CRASH_READY`` and
-sleep at that point, so tests can SIGKILL an apply there (SPEC.md §9 reliability).
+sleep at that point, so tests can SIGKILL an apply there (docs/ARCHITECTURE.md, “Quality bars” reliability).
 Undo (``plan_undo``/``apply_undo``) reverses a run from its backup as its own guarded run.
 """
 
@@ -111,7 +111,7 @@ def _check_approval(approve: str, dialect: str, target_kind: str | None) -> None
                            "approve=<its fingerprint>.")
     if approve == "auto" and (dialect != "duckdb" or target_kind not in (None, "duckdb")):
         raise GuardRefused(f"approve='auto' refused for a {target_kind or dialect} target: automatic approval "
-                           "is for DuckDB rehearsals only (SPEC.md §7.2). Pass the reviewed plan's fingerprint.")
+                           "is for DuckDB rehearsals only (docs/ARCHITECTURE.md, “Guarded writes”). Pass the reviewed plan's fingerprint.")
 
 
 def _lock(con: Any) -> None:
@@ -160,7 +160,7 @@ def guarded_write(con: Any, *, approve: str, target_kind: str | None, replan: Ca
 
 
 def _clean(parameters: dict | None) -> dict:
-    """Parameters without secrets (SPEC.md §4): values of secret-looking names are dropped."""
+    """Parameters without secrets (docs/ARCHITECTURE.md, “Targets”): values of secret-looking names are dropped."""
     return {k: ("<removed>" if any(w in k.lower() for w in _SECRET_WORDS) else v)
             for k, v in (parameters or {}).items()}
 
@@ -203,7 +203,7 @@ def _resolve_hook(recompute: Callable | None | bool) -> Callable | None:
 
 def default_statistics_hook(con: Any, dialect: str, labels: list[str], establishment_ids: list | None) -> None:
     """Recompute school and national statistics for the benchmark years of the touched labels
-    (DOMAIN.md §4: a calendar year ``Y/Y`` is counted in ``Y/Y+1``; misspelt labels are canonicalised)."""
+    (docs/DOMAIN.md, “Academic years”: a calendar year ``Y/Y`` is counted in ``Y/Y+1``; misspelt labels are canonicalised)."""
     from vespa_lib import stats, years  # noqa: PLC0415 - stats imports guard-free modules only
 
     wanted = set()
@@ -275,7 +275,7 @@ def _inserted_ids(spec: Any) -> str:
 
 
 def _write_parquet(con: Any, run_id: str, backup_dir: Path | None) -> list[str]:
-    """Evidence copy of this run's pre-images (SPEC.md §7.3: "a pre-image backup of every row about to
+    """Evidence copy of this run's pre-images (docs/ARCHITECTURE.md, “Guarded writes”: "a pre-image backup of every row about to
     change, inside the database and in the evidence folder"): the backup rows of updates and deletes,
     every value as text. Inserted rows had no pre-image: their ids stay in the database backup (what
     undo deletes) and their counts in the ledger; copying a million ids out cost 3 s of a realistic
@@ -420,7 +420,7 @@ def _year_counts(con: Any) -> dict:
 
 
 def _check_counts(plan: Plan, applied: dict, before: dict, after: dict) -> None:
-    """SPEC.md §7.3: row counts checked against the plan; any difference rolls everything back."""
+    """docs/ARCHITECTURE.md, “Guarded writes”: row counts checked against the plan; any difference rolls everything back."""
     problems = [f"{t}.{op}: planned {n}, wrote {applied.get(t, {}).get(op)}"
                 for t, ops in _planned_totals(plan).items() for op, n in ops.items() if applied.get(t, {}).get(op) != n]
     for table in before:
@@ -493,7 +493,7 @@ def apply_plan(con: Any, desired: Desired, *, approve: str, run_id: str, runbook
                recompute: Callable | None | bool = None, archive_years: tuple | list = (),
                archived_write_years: tuple | list = (), backup_dir: Path | str | None = None,
                planned: Plan | None = None) -> ApplyResult:
-    """Apply ``desired`` under the guard (SPEC.md §7.3). Writes, in one transaction, or nothing.
+    """Apply ``desired`` under the guard (docs/ARCHITECTURE.md, “Guarded writes”). Writes, in one transaction, or nothing.
 
     ``planned``: the plan this connection just made with ``plan_changes(keep=True)``; reused when it is
     still valid under the lock (``plan.reuse_kept``), else the guard re-plans."""
@@ -540,7 +540,7 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
     changed = _changed_years(plan)
     _refuse_duck_limits(con, plan)
     open_run(con, run_id, info, sorted(set(changed) | set(archive_years)), sorted(set(archive_years) | set(write_years)))
-    with timed(timings, "check_counts"):  # a plan without changes writes no row: nothing to count (SPEC.md §9)
+    with timed(timings, "check_counts"):  # a plan without changes writes no row: nothing to count (docs/ARCHITECTURE.md, “Quality bars”)
         before = _year_counts(con) if not plan.is_empty else None
     marked_years = sorted(set(archive_years) | set(archived_years(con)))
     stats_years = sorted((set(changed) if hook else set()) | set(archive_years))
@@ -569,7 +569,7 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
 
 @dataclass
 class Verification(Plan):
-    """The re-plan after a commit (SPEC.md §7.4). Empty only when nothing would be written AND nothing
+    """The re-plan after a commit (docs/ARCHITECTURE.md, “Guarded writes”). Empty only when nothing would be written AND nothing
     was refused: a refused row differs from the source in a year this run may not write (a plain
     write that slipped into an archived year, say), so the target does not hold the source."""
 
@@ -583,7 +583,7 @@ class Verification(Plan):
 
 
 def verify(con: Any, desired: Desired, *, archived_write_years: tuple | list = ()) -> Verification:
-    """SPEC.md §7.4: re-plan after commit; ``is_empty`` (no change, no refused row) is expected. Read-only."""
+    """docs/ARCHITECTURE.md, “Guarded writes”: re-plan after commit; ``is_empty`` (no change, no refused row) is expected. Read-only."""
     plan = plan_changes(con, desired, archived_write_years=archived_write_years)
     return Verification(**{f.name: getattr(plan, f.name) for f in fields(plan)})
 
@@ -598,7 +598,7 @@ def table_checksums(con: Any, tables: list[str] | tuple[str, ...], schema: str =
 
 
 
-# --- undo (SPEC.md §7.5) -------------------------------------------------------------------------
+# --- undo (docs/ARCHITECTURE.md, “Guarded writes”) -------------------------------------------------------------------------
 
 _NEVER_UPDATED = {"id", "email", "academic_year", "student_id", "cycle", "question_id"}  # keys stay put
 _UNDO_TABLES = ("students", "vespa_scores", "question_responses", "academic_years")

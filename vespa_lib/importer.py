@@ -1,4 +1,4 @@
-"""The import runbook's orchestration (SPEC.md §6.3, §7): preflight, rows, rehearsal, plan, apply,
+"""The import runbook's orchestration (docs/ARCHITECTURE.md, “Runbooks”; docs/ARCHITECTURE.md, “Guarded writes”): preflight, rows, rehearsal, plan, apply,
 verify, reconcile. ``notebooks/import.ipynb`` calls these one step per cell.
 
     open_import(target, read_only)        a connection the guard can plan (and apply) on
@@ -101,11 +101,11 @@ class Rehearsal:
 
 
 def check_parameters(mode: str, approve: str, target: str) -> None:
-    """Refuse a bad mode, or ``auto`` approval of a non-DuckDB target, before any work (SPEC.md §7.2)."""
+    """Refuse a bad mode, or ``auto`` approval of a non-DuckDB target, before any work (docs/ARCHITECTURE.md, “Guarded writes”)."""
     if mode not in ("plan", "apply"):
         raise ParameterError(f"mode must be 'plan' or 'apply', got {mode!r}: plan first, then apply with approval.")
     if approve == "auto" and targets.parse_target(target).kind != "duckdb":
-        raise ParameterError("approve='auto' is for DuckDB rehearsal targets only (SPEC.md §7.2): nothing was "
+        raise ParameterError("approve='auto' is for DuckDB rehearsal targets only (docs/ARCHITECTURE.md, “Guarded writes”): nothing was "
                              "planned or written. Run mode=plan, review the plan and pass its fingerprint.")
 
 
@@ -116,10 +116,10 @@ def actor() -> str:
 
 def open_import(target: str, *, read_only: bool = False) -> targets.Target:
     """Open ``target`` for the import. Planning stages temp tables, so PostgreSQL needs a writable
-    session even for a plan (it is always rolled back). Supabase REST cannot be written (SPEC.md §4)."""
+    session even for a plan (it is always rolled back). Supabase REST cannot be written (docs/ARCHITECTURE.md, “Targets”)."""
     spec = targets.parse_target(target)
     if spec.kind == "supabase":
-        raise ParameterError("The import writes over PostgreSQL, never REST (SPEC.md §4): name a "
+        raise ParameterError("The import writes over PostgreSQL, never REST (docs/ARCHITECTURE.md, “Targets”): name a "
                              "postgres:ENV_VAR target holding the session-mode connection string.")
     return targets.open_target(spec, read_only=read_only and spec.kind == "duckdb")
 
@@ -148,7 +148,7 @@ def rule_frame(rows: rowsmod.ImportRows) -> pd.DataFrame:
 
 
 def quarantine_frame(rows: rowsmod.ImportRows) -> pd.DataFrame:
-    """The set-aside records with reason, detail, file and line; emails masked (SPEC.md §8)."""
+    """The set-aside records with reason, detail, file and line; emails masked (docs/ARCHITECTURE.md, “Evidence and privacy”)."""
     frame = rows.quarantine.to_pandas()
     frame["email"] = frame["email"].map(privacy.mask_email)
     frame["source_file"] = frame["source_file"].map(lambda p: Path(p).name if isinstance(p, str) else p)
@@ -256,7 +256,7 @@ def _live_rows(con: Any, spec: planmod.TableSpec, labels: list[str], ests: list[
         sql = (f"SELECT t.email, t.academic_year, {sel}, false AS _f8, false AS _cross, "
                "CAST(t.establishment_id AS TEXT) AS _est FROM students t WHERE t.academic_year IN ")
     else:
-        # DOMAIN.md §2 F8: the identical copy under the student's own year makes this row a duplicate
+        # docs/DOMAIN.md, “Failure catalogue” F8: the identical copy under the student's own year makes this row a duplicate
         same = " AND ".join(f"c.{q(c)} = t.{q(c)}" for c in _SAME[spec.name])
         sql = (f"SELECT s.email, t.academic_year, {sel}, (t.academic_year <> s.academic_year AND EXISTS "
                f"(SELECT 1 FROM {spec.name} c WHERE c.student_id = t.student_id AND c.academic_year = "
@@ -384,7 +384,7 @@ def sample_rows(rows: rowsmod.ImportRows, students: int) -> rowsmod.ImportRows:
 
 def plan_import(con: Any, desired: planmod.Desired, archive: list[str],
                 repairs: Repairs | None = None) -> planmod.Plan:
-    """The plan (SPEC.md §7.1): the pending migrations while any are pending, then the F8 repair
+    """The plan (docs/ARCHITECTURE.md, “Guarded writes”): the pending migrations while any are pending, then the F8 repair
     (``kind = "repair"``) while duplicates remain, then the data. Read-only."""
     # an archived year the run (re-)archives may be written with approval: a late cycle is added this way
     plan = planmod.plan_changes(con, desired, archive_years=archive, archived_write_years=archive, keep=True)
@@ -480,7 +480,7 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
                  backup_dir: Path | str | None = None, planned: planmod.Plan | None = None,
                  repairs: Repairs | None = None) -> ImportOutcome:
     """Migrations first (own guarded run), then the F8 repair (own guarded run ``<id>-f8``, when
-    ``repairs`` finds duplicates), then the data plan, each approved (SPEC.md §7.2-7.3). Writes.
+    ``repairs`` finds duplicates), then the data plan, each approved (docs/ARCHITECTURE.md, “Guarded writes”). Writes.
 
     ``approve`` is the fingerprint of the plan the operator reviewed, or ``auto`` (DuckDB only). A
     fingerprint that approved pending migrations does not approve the data plan computed after them:
@@ -510,7 +510,7 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
                 early.plan = plan_import(con, desired, archive, repairs)
             return early
         current = plan_import(con, desired, archive, repairs)
-    if current.is_empty:  # SPEC.md §9: a repeated apply changes nothing (and leaves no ledger row)
+    if current.is_empty:  # docs/ARCHITECTURE.md, “Quality bars”: a repeated apply changes nothing (and leaves no ledger row)
         if approve not in ("auto", current.fingerprint):
             return ImportOutcome("refused", f"GuardRefused: approval {approve[:12]}… does not name the current plan "
                                  f"{current.fingerprint[:12]}…: nothing was written. Re-plan, review, approve again.")
@@ -597,7 +597,7 @@ def rehearse(target: targets.Target, rows: rowsmod.ImportRows, academic_year: st
 
 
 def verify_frame(con: Any, desired: planmod.Desired) -> tuple[planmod.Plan, pd.DataFrame]:
-    """SPEC.md §7.4: re-plan after commit; every count but ``unchanged`` should be zero. Read-only."""
+    """docs/ARCHITECTURE.md, “Guarded writes”: re-plan after commit; every count but ``unchanged`` should be zero. Read-only."""
     plan = guard.verify(con, desired)
     return plan, plan_frame(plan)
 

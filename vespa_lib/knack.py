@@ -1,4 +1,4 @@
-"""Decoding Knack values into a value or a reason code (DOMAIN.md §3; docs/ARCHITECTURE.md).
+"""Decoding Knack values into a value or a reason code (docs/DOMAIN.md, “Knack fields”; docs/ARCHITECTURE.md).
 
 Contract: every ``decode_*`` returns ``Decoded(value, reason)``. ``reason is None`` means success;
 blank input gives ``Decoded(None, "blank")``; any other reason is a stable code from ``REASONS``.
@@ -97,7 +97,7 @@ def _text(value: str) -> str:
 
 
 # ---------------------------------------------------------------- dates
-# DOMAIN.md §3: UK day-first only; never month-first (F6).
+# docs/DOMAIN.md, “Knack fields”: UK day-first only; never month-first (F6).
 _UK_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})(?:[ T]([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?)?")
 _ISO_DATE = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
@@ -251,7 +251,7 @@ def is_object_id(text: object) -> bool:
 
 
 def object_id_created(oid: str) -> datetime:
-    """Creation time (aware, UTC) of a record id: its first 8 hex digits are Unix seconds (DOMAIN §3)."""
+    """Creation time (aware, UTC) of a record id: its first 8 hex digits are Unix seconds (docs/DOMAIN.md, “Knack fields”)."""
     if not is_object_id(oid):
         raise DecodeError("bad_object_id", oid, f"{oid!r} is not a 24-hex-digit record id; check the id column.")
     return datetime.fromtimestamp(int(oid.strip()[:8], 16), tz=UTC)
@@ -350,7 +350,7 @@ def decode_score(value: object) -> Decoded[int]:
 
 
 def q29_from_percentage(pct: object) -> int:
-    """Convert a ``q29_vision_grades`` percentage to 1..5 (DOMAIN §3): upper bounds inclusive,
+    """Convert a ``q29_vision_grades`` percentage to 1..5 (docs/DOMAIN.md, “Knack fields”): upper bounds inclusive,
     so ≤20→1, ≤40→2, ≤60→3, ≤80→4, ≤100→5; a fraction above a bound goes up (20.5 → 2).
     Raises DecodeError(``answer_out_of_range``) outside 0..100, (``answer_not_numeric``) for non-numbers."""
     n = _number(pct)

@@ -1,6 +1,6 @@
 """Reading Knack records over its REST API, completely, with values as a CSV export has them.
 
-The sync_check runbook's live source (issue 5, item 1a). ``KnackClient`` pages
+The sync_check runbook's live source. ``KnackClient`` pages
 ``GET {base_url}/objects/<object_key>/records`` (``rows_per_page`` at most 1,000, pages
 ``1..total_pages``) and proves the read complete: ``total_records`` must stay the same on every
 page and equal the records received, with no id twice (F3: a capped read is never taken as the
@@ -46,7 +46,7 @@ MAX_ROWS_PER_PAGE = 1000  # Knack's documented cap per request
 _OBJECT_KEY = re.compile(r"object_[0-9]+")
 _HEADER = re.compile(r"(field_[0-9]+)(?:_(email|first|last|full|date|id))?")
 # object_2 is not in the snapshot's field map (the snapshot has no establishments file); its
-# logical names follow the establishments table (DOMAIN.md §3 object_2, §6).
+# logical names follow the establishments table (docs/DOMAIN.md, “Knack fields” object_2).
 _OBJECT_2 = (("id", "id", "id", None), ("name", "text", "field_44", None),
              ("status", "text", "field_2209", None), ("portal_type", "text", "field_63", None),
              ("is_australian", "bool", "field_3573", None), ("use_standard_year", "bool", "field_3752", None))
@@ -243,7 +243,7 @@ class KnackClient:
 
 
 def _uk(day: date) -> str:
-    return day.strftime("%d/%m/%Y")  # DOMAIN.md §3: UK day-first, the app's date format
+    return day.strftime("%d/%m/%Y")  # docs/DOMAIN.md, “Knack fields”: UK day-first, the app's date format
 
 
 def _record_day(rec: dict, date_field: str) -> date | None:

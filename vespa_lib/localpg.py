@@ -9,7 +9,7 @@ The server is tuned for speed, not durability: ``fsync``, ``synchronous_commit``
 point these settings at a database whose contents matter.
 
 PostgreSQL refuses to run as root, so as root every server binary runs through
-``runuser -u postgres --`` after the data folder is handed to ``postgres`` (SPEC.md §3).
+``runuser -u postgres --`` after the data folder is handed to ``postgres`` (docs/ARCHITECTURE.md, “Setting up and testing”).
 
     with LocalPostgres() as pg:
         dsn = pg.create_database("scratch")

@@ -1,11 +1,11 @@
-"""Versioned schema migrations for a database the workbook did not create (SPEC.md §7, issue 4 item 5).
+"""Versioned schema migrations for a database the workbook did not create (docs/ARCHITECTURE.md, “Guarded writes”).
 
     1  vespa_ops schema and tables (migrations, ledger, archive grants, quarantine, backups)
     2  is_archived markers on every data table and academic_years
     3  replace any single-year unique key on students (F2: unique(email)) by unique(email, academic_year)
     4  archive protection triggers (PostgreSQL only; ``vespa_lib.protect``): statement-level
     5  replace the FOR EACH ROW archive triggers of migration 4's first version (~60 µs a row,
-       SPEC.md §9) by the statement-level ones; pending only on a database that still has them
+       docs/ARCHITECTURE.md, “Quality bars”) by the statement-level ones; pending only on a database that still has them
     6  archive protection version 2 (``protect.INSTALL_SQL``): trigger functions SECURITY DEFINER with a
        fixed search_path (writers without rights on vespa_ops write again), years compared normalised,
        plain writers wait for a guarded run, PUBLIC's rights on vespa_ops revoked; pending until
@@ -38,7 +38,7 @@ from vespa_lib.sql import q, run, scalar
 
 __all__ = ["MIGRATIONS", "Migration", "apply_pending", "f2_offending_keys", "pending", "recorded"]
 
-STUDENT_KEY = "students_email_academic_year_key"  # DOMAIN.md §6 / F2: one row per student per year
+STUDENT_KEY = "students_email_academic_year_key"  # docs/DOMAIN.md, “Production schema” / F2: one row per student per year
 ARCHIVED_TABLES = tuple(t.name for t in PRODUCTION_TABLES if any(c.name == "is_archived" for c in t.columns))
 
 
@@ -199,7 +199,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               _needs_f2, _replace_f2),
     Migration(4, "install archive protection triggers", protect.V1_INSTALL_SQL, _needs_triggers, _install_triggers,
               dialects=("postgres",)),
-    Migration(5, "replace row-level archive triggers by statement-level triggers (SPEC.md §9)",
+    Migration(5, "replace row-level archive triggers by statement-level triggers (docs/ARCHITECTURE.md, “Quality bars”)",
               "DROP FOR EACH ROW vespa_archive_* triggers and vespa_archive_row_guard();\n" + protect.V1_INSTALL_SQL,
               _legacy_triggers, _install_triggers, dialects=("postgres",)),
     Migration(6, "archive protection v2: SECURITY DEFINER triggers, normalised years, plain writers wait for "

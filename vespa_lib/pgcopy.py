@@ -21,7 +21,7 @@ __all__ = ["COPY_BATCH_BYTES", "copy_in", "copy_out", "copy_out_batches", "copy_
 
 
 def copy_in(con: Any, name: str, cols: list[str], table: pa.Table | pa.RecordBatchReader, on_chunk: Any = None) -> None:
-    """COPY Arrow rows as CSV (SPEC.md §4: bulk work over COPY); nulls unquoted, strings quoted.
+    """COPY Arrow rows as CSV (docs/ARCHITECTURE.md, “Targets”: bulk work over COPY); nulls unquoted, strings quoted.
     ``table`` may be a stream (``RecordBatchReader``): rows are then never all in memory at once."""
     collist = ", ".join(q(c) for c in cols)
     batches = table if isinstance(table, pa.RecordBatchReader) else table.to_batches(max_chunksize=50_000)
@@ -51,7 +51,7 @@ def _text_schema(names: list[str]) -> pa.Schema:
 def copy_out_batches(con: Any, select: str, params: list, names: list[str],
                      batch_bytes: int = COPY_BATCH_BYTES) -> Iterator[pa.RecordBatch]:
     """``copy_out`` as a stream of Arrow batches of about ``batch_bytes`` of CSV each, so a large read
-    (10x: 11 M answers) is never all in memory (SPEC.md §9). Read-only. PostgreSQL sends one row per
+    (10x: 11 M answers) is never all in memory (docs/ARCHITECTURE.md, “Quality bars”). Read-only. PostgreSQL sends one row per
     COPY message, so a batch always ends at a row boundary. A reader that stops early leaves the rest
     drained, and the connection usable."""
     read = pacsv.ReadOptions(column_names=names)

@@ -1,4 +1,4 @@
-"""Plan a guarded write (SPEC.md §7.1): what applying desired rows would change. Read-only.
+"""Plan a guarded write (docs/ARCHITECTURE.md, “Guarded writes”): what applying desired rows would change. Read-only.
 
 Desired rows arrive as Arrow tables keyed by natural keys (docs/ARCHITECTURE.md "Guarded writes"):
 students by (email, academic_year), vespa_scores by (email, academic_year, cycle) through the
@@ -44,7 +44,7 @@ __all__ = ["OPS", "SPECS", "SPEC_BY_NAME", "Desired", "Plan", "TableSpec", "arch
 
 @contextmanager
 def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    """Add the seconds the block takes to ``timings[phase]`` (benchmarks read them; SPEC.md §9)."""
+    """Add the seconds the block takes to ``timings[phase]`` (benchmarks read them; docs/ARCHITECTURE.md, “Quality bars”)."""
     start = time.perf_counter()
     try:
         yield
@@ -132,7 +132,7 @@ def _staged_without_writes(con: Any, desired: Desired, kw: dict) -> Plan:
 
 def plan_changes(con: Any, desired: Desired, *, archived_write_years: tuple | list = (),
                  archive_years: tuple | list = (), keep: bool = False) -> Plan:
-    """Plan applying ``desired`` (SPEC.md §7.1). Read-only: staging is rolled back.
+    """Plan applying ``desired`` (docs/ARCHITECTURE.md, “Guarded writes”). Read-only: staging is rolled back.
 
     ``keep`` (PostgreSQL): the plan tables stay in this connection for ``reuse_kept``; the planning
     transaction then commits, after checking it wrote to no permanent table (else it rolls back).

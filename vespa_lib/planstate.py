@@ -53,7 +53,7 @@ def live_binding(con: Any, counts: dict, scope: dict, staged: set[str]) -> tuple
 
 
 def _mark_counts(con: Any, archive_years: list[str], planned: set[str]) -> dict[str, int]:
-    """Live rows of the years being archived that are not yet marked (SPEC.md §7 archive markers).
+    """Live rows of the years being archived that are not yet marked (docs/ARCHITECTURE.md, “Guarded writes” archive markers).
 
     Rows the plan deletes are not counted; inserted rows arrive already marked."""
     if not archive_years:

@@ -1,4 +1,4 @@
-"""Masking personal data and keeping secrets out of evidence (SPEC.md §4, §8, §9).
+"""Masking personal data and keeping secrets out of evidence (docs/ARCHITECTURE.md, “Targets”; docs/ARCHITECTURE.md, “Evidence and privacy”).
 
 Everything here is read-only: functions take values or frames and return masked copies; the
 ``Scrubber`` returns cleaned text and reports findings, it never writes files itself (the evidence
@@ -44,7 +44,7 @@ ASSIGNED_TOKEN_RE = re.compile(
     r"([A-Za-z0-9+/_=-]{24,})",
     re.IGNORECASE,
 )
-# SPEC.md §4: env vars holding credentials; values shorter than this are too common to scrub safely.
+# docs/ARCHITECTURE.md, “Targets”: env vars holding credentials; values shorter than this are too common to scrub safely.
 SECRET_NAME_PARTS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "DSN", "DATABASE_URL")
 MIN_SECRET_LENGTH = 6
 REDACTED = "[secret removed]"
@@ -55,7 +55,7 @@ def mask_email(value: object) -> object:
     """``anna.smith@school.ac.uk`` → ``a***@school.ac.uk``; non-emails are returned unchanged."""
     if not isinstance(value, str):
         return value
-    # DOMAIN.md §3: Knack emails arrive as HTML anchors; the lookbehind of EMAIL_RE (which keeps URL
+    # docs/DOMAIN.md, “Knack fields”: Knack emails arrive as HTML anchors; the lookbehind of EMAIL_RE (which keeps URL
     # credentials out) would otherwise skip the address right after "mailto:".
     value = MAILTO_RE.sub(lambda m: m.group(1) + " ", value)
     value = EMAIL_RE.sub(lambda m: f"{m.group(1)[0]}***@{m.group(2)}", value)
@@ -144,7 +144,7 @@ def mask_frame(df: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``df`` with personal data masked. Read-only.
 
     Masking decides by what a column means (``column_meaning``): email columns as emails, people's
-    name columns as initials (SPEC.md §8); emails found in any other text column are masked too. In a
+    name columns as initials (docs/ARCHITECTURE.md, “Evidence and privacy”); emails found in any other text column are masked too. In a
     sample of updates (``column``, ``before``, ``after``) the before/after of a personal column are
     masked by that column's meaning. Schools, migrations, column and check names stay readable.
     """
@@ -163,7 +163,7 @@ def mask_frame(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def suppress_small(df: pd.DataFrame, count_cols: Iterable[str], threshold: int = 5) -> pd.DataFrame:
-    """A copy with counts 1..threshold-1 shown as ``<threshold`` (SPEC.md §8: cross-tabs for sharing)."""
+    """A copy with counts 1..threshold-1 shown as ``<threshold`` (docs/ARCHITECTURE.md, “Evidence and privacy”: cross-tabs for sharing)."""
     out = df.copy()
     for col in count_cols:
         values = out[col]
@@ -173,7 +173,7 @@ def suppress_small(df: pd.DataFrame, count_cols: Iterable[str], threshold: int =
 
 
 def neutralise_formula(value: object) -> object:
-    """Prefix an apostrophe to text a spreadsheet would run as a formula (SPEC.md §9)."""
+    """Prefix an apostrophe to text a spreadsheet would run as a formula (docs/ARCHITECTURE.md, “Quality bars”)."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value

@@ -1,4 +1,4 @@
-"""The csv_profile runbook's logic (SPEC.md §6.2): what a snapshot holds before anything is imported.
+"""The csv_profile runbook's logic (docs/ARCHITECTURE.md, “Runbooks”): what a snapshot holds before anything is imported.
 
 ``profile_snapshot(snapshot, db=...)`` returns a :class:`Profile`: one DataFrame per section (files,
 columns, establishment coverage, date formats, academic years, problems, duplicates, scores,
@@ -25,7 +25,7 @@ from .years import uk_year_sql
 __all__ = ["Profile", "profile_snapshot", "snapshot_year_of", "DATE_FORMATS", "METHODS"]
 
 METHODS = ("connection", "object_6", "email_domain", "none")  # docs/ARCHITECTURE.md, establishment chain
-DATE_FORMATS = (  # DOMAIN.md §3: UK day-first, with or without time; ISO also occurs (RE2 and re syntax)
+DATE_FORMATS = (  # docs/DOMAIN.md, “Knack fields”: UK day-first, with or without time; ISO also occurs (RE2 and re syntax)
     ("DD/MM/YYYY", r"\d{1,2}/\d{1,2}/\d{4}"),
     ("DD/MM/YYYY HH:MM", r"\d{1,2}/\d{1,2}/\d{4} \d{1,2}:\d{2}(:\d{2})?"),
     ("ISO", r"\d{4}-\d{2}-\d{2}([ T].*)?"),
@@ -259,7 +259,7 @@ def _dates(snap: Snapshot) -> pd.DataFrame:
 
 
 def _years(snap: Snapshot) -> pd.DataFrame:
-    """DOMAIN.md §4: the academic year of every dated completion under the UK rule, and under each
+    """docs/DOMAIN.md, “Academic years”: the academic year of every dated completion under the UK rule, and under each
     school's own rule (Australian calendar year where the database flags the school)."""
     school = ("CASE WHEN is_australian AND use_standard_year = false "  # F14: NULL means the UK rule
               "THEN CAST(year(day) AS VARCHAR) || '/' || CAST(year(day) AS VARCHAR) "
@@ -333,7 +333,7 @@ def _scores(snap: Snapshot) -> pd.DataFrame:
 
 def _reenrolled(con, year: str) -> pd.DataFrame:
     """Students who re-enrolled: same email under two object_10 record ids, or already in the
-    database under another academic year than the snapshot's (DOMAIN.md §4, year-end semantics)."""
+    database under another academic year than the snapshot's (docs/DOMAIN.md, “Academic years”, year-end semantics)."""
     return con.execute("""
         WITH snap AS (SELECT DISTINCT e.email, t.id FROM _est10 e JOIN o10 t USING (_record)
                       WHERE e.email IS NOT NULL),

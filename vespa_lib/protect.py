@@ -1,4 +1,4 @@
-"""Archive protection inside PostgreSQL (SPEC.md §7 "Archive protection"). SQL text only.
+"""Archive protection inside PostgreSQL (docs/ARCHITECTURE.md, “Guarded writes” "Archive protection"). SQL text only.
 
 Statement-level AFTER triggers with transition tables (one per event: INSERT sees only the new
 rows, DELETE only the old, UPDATE both) on every data table refuse a statement that touched a row
@@ -68,7 +68,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     y text;
 BEGIN
-    -- SPEC.md §7: an archived year changes only through a guarded run allowed to write it.
+    -- docs/ARCHITECTURE.md, “Guarded writes”: an archived year changes only through a guarded run allowed to write it.
     -- Transition tables exist per event: INSERT has only new rows, DELETE only old, UPDATE both.
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
         {_UNGRANTED.format(rows="vespa_old_rows")} INTO y;

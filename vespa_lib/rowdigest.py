@@ -1,6 +1,6 @@
 """Prove desired row groups unchanged against live rows without joining them row by row. Read-only.
 
-Used by the planner's fast path (SPEC.md §9: a re-run that finds nothing to do ≤ 5 s): the desired
+Used by the planner's fast path (docs/ARCHITECTURE.md, “Quality bars”: a re-run that finds nothing to do ≤ 5 s): the desired
 rows (Arrow) and the live rows of the same years (an Arrow stream read over COPY) are aggregated per
 student group (academic_year, email) in a private in-memory DuckDB: row count and two exact sums of DuckDB's
 64-bit row hash (two seeds) over the typed values. Equal aggregates mean equal multisets of rows

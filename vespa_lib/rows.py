@@ -1,4 +1,4 @@
-"""The rows one academic year's import writes, built from a snapshot (SPEC.md §6.3, issue 4 item 1).
+"""The rows one academic year's import writes, built from a snapshot (docs/ARCHITECTURE.md, “Runbooks”).
 
 ``build_rows(snapshot, "2024/2025", reference)`` decides, per object_10 record, its academic year
 and establishment by the rule chains of docs/ARCHITECTURE.md, and returns the ``students``,
@@ -148,7 +148,7 @@ def _import_year(label: str) -> str:
     if years.is_calendar_label(year):
         raise ParameterError(
             f"academic_year {year!r} is a calendar year; import a UK year such as "
-            f"'{year[:4]}/{int(year[:4]) + 1}' (calendar-year schools' rows are counted in it, DOMAIN §4).")
+            f"'{year[:4]}/{int(year[:4]) + 1}' (calendar-year schools' rows are counted in it, docs/DOMAIN.md, “Academic years”).")
     return year
 
 
@@ -250,7 +250,7 @@ def _read_reference(reference: Any, query: str) -> pa.Table:
     except Exception as exc:  # any driver's error: the message names the table and the next step
         raise SchemaError(
             f"Cannot read the target for the import rules ({query.split(' FROM ')[-1]}): {exc}. "
-            "Check the target has the DOMAIN.md §6 schema (run the audit runbook).") from None
+            "Check the target has the docs/DOMAIN.md, “Production schema” schema (run the audit runbook).") from None
     if hasattr(result, "to_arrow_table"):
         return result.to_arrow_table()
     if isinstance(result, pa.Table):
@@ -297,7 +297,7 @@ def _connection_rows(raw: str) -> list[dict]:
 
 def _answer_row(raw: str, percentage: bool) -> dict:
     """A Likert answer; with ``percentage`` (q29 conversion on), a value above 5 is read as a
-    percentage (DOMAIN §3): 1..5 stay Likert answers, since 1..5 % and Likert 1..5 cannot be told apart."""
+    percentage (docs/DOMAIN.md, “Knack fields”): 1..5 stay Likert answers, since 1..5 % and Likert 1..5 cannot be told apart."""
     d = knack.decode_answer(raw)
     if percentage and d.reason == "answer_out_of_range" and _above_five(raw):
         d = knack.decode_answer(raw, percentage=True)
@@ -321,7 +321,7 @@ def _link_row(raw: str) -> dict:
 
 
 def _decode_distinct(con: duckdb.DuckDBPyConnection) -> None:
-    """Lookup tables raw -> decoded value and reason, one per kind of value (DOMAIN §3)."""
+    """Lookup tables raw -> decoded value and reason, one per kind of value (docs/DOMAIN.md, “Knack fields”)."""
     s, i, b = pa.string(), pa.int64(), pa.bool_()
     emails = _distinct(con, {"_rows_src_o10": ["email"], "_rows_src_o6": ["email"], "_rows_src_o29": ["email"]})
     _lookup(con, "_rows_email", [dict(raw=r, email=(d := knack.decode_email(r)).value, reason=d.reason)
@@ -345,7 +345,7 @@ def _decode_distinct(con: duckdb.DuckDBPyConnection) -> None:
 
 # ---------------------------------------------------------------------------------- steps
 
-# F1 (DOMAIN.md §4 "Never today"): without a fallback a blank date is a reason of its own, decided
+# F1 (docs/DOMAIN.md, “Academic years” "Never today"): without a fallback a blank date is a reason of its own, decided
 # after email/establishment/scope and before the scores, as the sync's truth orders them.
 _NO_DATE = """UPDATE _rows_outcome SET reason = 'no_date', academic_year = NULL, year_rule = NULL
 WHERE date_reason = 'blank'
@@ -392,7 +392,7 @@ def _drop_work_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 # An answer row repeats its student's email, its year and its question id: held dictionary-encoded
 # (one copy of each value, a 4-byte index per row), the answers of 10x the realistic scale (11 M rows)
-# take 0.26 GB instead of 0.87 GB (SPEC.md §9: 10x within 2 GB). Readers see the same values.
+# take 0.26 GB instead of 0.87 GB (docs/ARCHITECTURE.md, “Quality bars”: 10x within 2 GB). Readers see the same values.
 _REPEATED = ("email", "academic_year", "question_id")
 
 

@@ -4,7 +4,7 @@ Every statement runs on the snapshot's DuckDB connection and creates a TEMP tabl
 ``_rows_``; nothing here reads or writes a target. Values (the import year, the scope) are bound as
 named parameters; identifiers (tables, columns) come from the field map, never from data.
 Rule sources: docs/ARCHITECTURE.md "Year rule chain", "Establishment rule chain",
-"Quarantine reason codes"; DOMAIN.md §3-§4.
+"Quarantine reason codes"; docs/DOMAIN.md, “Knack fields”
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _clean(col: str) -> str:
 # ------------------------------------------------------------------------- establishments
 
 # A connection cell resolves when all its pieces name exactly one establishment, by knack id or by
-# name (CSV holds display identifiers, DOMAIN.md §3); anything else is 'unknown'.
+# name (CSV holds display identifiers, docs/DOMAIN.md, “Knack fields”); anything else is 'unknown'.
 EST_CONN = """
 CREATE OR REPLACE TEMP TABLE _rows_est_conn AS
 SELECT c.raw,
@@ -202,7 +202,7 @@ LEFT JOIN _rows_score_summary s ON s._record = t._record
 
 
 def _label_sql(day: str, calendar: str, back: int = 0) -> str:
-    """The label of ``day`` under the school's rule, ``back`` years earlier (DOMAIN.md §4)."""
+    """The label of ``day`` under the school's rule, ``back`` years earlier (docs/DOMAIN.md, “Academic years”)."""
     first = f"(CASE WHEN {calendar} THEN year({day}) ELSE CAST(split_part({uk_year_sql(day)}, '/', 1) AS INTEGER) END - {back})"
     return (f"CAST({first} AS VARCHAR) || '/' || CAST({first} + CASE WHEN {calendar} THEN 0 ELSE 1 END AS VARCHAR)")
 
@@ -335,7 +335,7 @@ LEFT JOIN _rows_link lk ON lk.raw = coalesce(nullif(trim(t.student_record_id), '
 """
 
 # Link by the record's own email first, then by field_792 (a record id, or an identifier that is
-# the student's email: DOMAIN §3). Unlinked records are classified for the quarantine.
+# the student's email: docs/DOMAIN.md, “Knack fields”). Unlinked records are classified for the quarantine.
 O29_LINK = """
 CREATE OR REPLACE TEMP TABLE _rows_o29_link AS
 WITH ids AS (SELECT lower(record_id) AS oid, min(email) AS email FROM _rows_outcome GROUP BY 1),
@@ -368,7 +368,7 @@ LEFT JOIN known k3 ON k3.email = l.ident_email
 
 def answers_long() -> str:
     """Every answer cell of the kept, linked object_29 records, decoded (UNPIVOT; blanks dropped).
-    ``$convert`` switches the q29 percentage conversion on (DOMAIN §3)."""
+    ``$convert`` switches the q29 percentage conversion on (docs/DOMAIN.md, “Knack fields”)."""
     cols = answer_columns()
     names = ", ".join(_q(c) for c, _, _ in cols)
     mapping = ", ".join(f"('{c}', '{q}', {cyc}, {str(q == Q29).lower()})" for c, q, cyc in cols)

@@ -1,6 +1,6 @@
 """The runbook contract: parameters, validation and the ``Run`` a notebook reports through.
 
-Conventions every runbook in ``notebooks/`` follows (SPEC.md §6, STYLE.md's papermill notes):
+Conventions every runbook in ``notebooks/`` follows (docs/ARCHITECTURE.md, “Runbooks”, docs/ARCHITECTURE.md papermill notes):
 
 1. **Parameters cell**, tagged ``parameters``, one parameter per line with a type and a help comment::
 
@@ -77,7 +77,7 @@ def parameters_cell(notebook_path: Path) -> str:
     if len(cells) != 1:
         raise ParameterError(
             f"{notebook_path} has {len(cells)} cells tagged 'parameters'; a runbook needs exactly one "
-            "(SPEC.md §6). Tag the cell that declares the parameters."
+            "(docs/ARCHITECTURE.md, “Runbooks”). Tag the cell that declares the parameters."
         )
     return cells[0].source
 
@@ -152,7 +152,7 @@ def validate(declared: dict[str, str], values: dict[str, Any], secrets: list[str
 
 
 def secret_problems(values: dict[str, Any], secrets: list[str] | None = None) -> list[str]:
-    """Names of parameters whose value is, or looks like, a secret (SPEC.md §4: params name env vars)."""
+    """Names of parameters whose value is, or looks like, a secret (docs/ARCHITECTURE.md, “Targets”: params name env vars)."""
     secrets = privacy.collect_secrets() if secrets is None else secrets
     scrubber = privacy.Scrubber(secrets)
     problems = []
@@ -262,7 +262,7 @@ class Run:
 
     @property
     def masked(self) -> bool:
-        """Personal data is masked unless ``unmask_pii`` is True in an interactive session (SPEC.md §8)."""
+        """Personal data is masked unless ``unmask_pii`` is True in an interactive session (docs/ARCHITECTURE.md, “Evidence and privacy”)."""
         return not (self.params.get("unmask_pii") is True and not self.unattended)
 
     def show(self, df: pd.DataFrame, title: str | None = None) -> None:

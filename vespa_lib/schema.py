@@ -1,8 +1,8 @@
 """One definition of the target tables, rendered as DuckDB and PostgreSQL DDL. DDL only.
 
-``PRODUCTION_TABLES`` are the dashboard's tables (DOMAIN.md §6: names, keys and checks kept);
+``PRODUCTION_TABLES`` are the dashboard's tables (docs/DOMAIN.md, “Production schema”: names, keys and checks kept);
 ``WORKBOOK_TABLES`` live in the workbook's own schema ``vespa_ops`` (migrations, ledger, pre-image
-backups, quarantine, archive grants: SPEC.md §7). Columns and checks the workbook adds to production
+backups, quarantine, archive grants: docs/ARCHITECTURE.md, “Guarded writes”). Columns and checks the workbook adds to production
 tables carry ``workbook_addition=True`` so a migration can add them to a database created by
 someone else; ``create_schema(..., workbook=False)`` builds the tables without them (what
 production looks like before the workbook's first migration).
@@ -47,7 +47,7 @@ __all__ = [
 
 DIALECTS = ("duckdb", "postgres")
 WORKBOOK_SCHEMA = "vespa_ops"
-ELEMENTS = ("vision", "effort", "systems", "practice", "attitude", "overall", "ERI")  # DOMAIN.md §6
+ELEMENTS = ("vision", "effort", "systems", "practice", "attitude", "overall", "ERI")  # docs/DOMAIN.md, “Production schema”
 
 Sql = str | dict[str, str]  # one SQL text for both dialects, or one per dialect
 
@@ -120,11 +120,11 @@ class Table:
 
 # --- the definition ------------------------------------------------------------------------------
 
-_YEAR_RE = r"^\d{4}/\d{4}$"  # DOMAIN.md §4: canonical YYYY/YYYY, both years in full
+_YEAR_RE = r"^\d{4}/\d{4}$"  # docs/DOMAIN.md, “Academic years”: canonical YYYY/YYYY, both years in full
 YEAR_CHECK: Sql = {"postgres": f"academic_year ~ '{_YEAR_RE}'",
                    "duckdb": f"regexp_full_match(academic_year, '{_YEAR_RE}')"}
 _ELEMENT_CHECK = "element IN (" + ", ".join(f"'{e}'" for e in ELEMENTS) + ")"
-_DIST_CHECK: Sql = {"postgres": "jsonb_array_length(distribution) = 10",  # DOMAIN.md §6: scores 1..10
+_DIST_CHECK: Sql = {"postgres": "jsonb_array_length(distribution) = 10",  # docs/DOMAIN.md, “Production schema”: scores 1..10
                     "duckdb": "json_array_length(distribution) = 10"}
 
 
@@ -137,7 +137,7 @@ def _ts(name: str) -> Column:
 
 
 def _archived() -> Column:
-    # SPEC.md §7: rows of an archived year carry is_archived = true
+    # docs/ARCHITECTURE.md, “Guarded writes”: rows of an archived year carry is_archived = true
     return Column("is_archived", "boolean", nullable=False, default="false", workbook_addition=True)
 
 
@@ -222,14 +222,14 @@ RUN_OPS = ("insert", "update", "delete")
 
 
 def _backup_table(table: Table) -> Table:
-    """Pre-image backup of ``table`` (SPEC.md §7.3): its columns, loose, plus the run and operation."""
+    """Pre-image backup of ``table`` (docs/ARCHITECTURE.md, “Guarded writes”): its columns, loose, plus the run and operation."""
     loose = tuple(Column(c.name, "integer" if c.type == "serial" else c.type) for c in table.columns)
     name = f"backup_{table.name}"
     return Table(name, WORKBOOK_SCHEMA, (
         *loose, Column("_run_id", "text", nullable=False),
         Column("_op", "text", nullable=False, check="_op IN ('insert', 'update', 'delete')"),
         Column("_backed_up_at", "timestamptz", nullable=False, default=NOW),
-        Column("_extra", "json"),  # production columns the workbook does not know (DOMAIN.md §6)
+        Column("_extra", "json"),  # production columns the workbook does not know (docs/DOMAIN.md, “Production schema”)
     ), indexes={f"{name}_run_id_idx": ("_run_id",)})
 
 
@@ -246,7 +246,7 @@ WORKBOOK_TABLES: tuple[Table, ...] = (
         Column("target", "text"), Column("parameters", "json"), Column("fingerprint", "text"),
         Column("counts", "json"), Column("years", "json"), Column("error", "text"),
     ), ("run_id",)),
-    Table("archive_grants", WORKBOOK_SCHEMA, (  # which run may write which archived year (SPEC.md §7)
+    Table("archive_grants", WORKBOOK_SCHEMA, (  # which run may write which archived year (docs/ARCHITECTURE.md, “Guarded writes”)
         Column("run_id", "text", nullable=False), Column("academic_year", "text", nullable=False),
         Column("granted_by", "text"), Column("granted_at", "timestamptz", nullable=False, default=NOW),
     ), ("run_id", "academic_year"), checks=_year_check("archive_grants", workbook_addition=False),

@@ -1,4 +1,4 @@
-"""VESPA scores from questionnaire statements: element scores, overall, ERI (DOMAIN.md §5).
+"""VESPA scores from questionnaire statements: element scores, overall, ERI (docs/DOMAIN.md, “Scores”).
 
 Pure, read-only functions. Arithmetic is exact (``fractions.Fraction``) so that a mean lying
 exactly on a threshold is compared exactly, not through binary floating point. Stored scores are
@@ -27,7 +27,7 @@ __all__ = [
 
 ELEMENTS = ("vision", "effort", "systems", "practice", "attitude")
 
-# DOMAIN.md §5: upper bounds of scores 1..9; lower bound inclusive, 10 at or above the last.
+# docs/DOMAIN.md, “Scores”: upper bounds of scores 1..9; lower bound inclusive, 10 at or above the last.
 THRESHOLDS: dict[str, tuple[float, ...]] = {
     "vision": (2.26, 2.7, 3.02, 3.33, 3.52, 3.84, 4.15, 4.47, 4.79),
     "effort": (2.42, 2.73, 3.04, 3.36, 3.67, 3.86, 4.17, 4.48, 4.8),
@@ -38,7 +38,7 @@ THRESHOLDS: dict[str, tuple[float, ...]] = {
 # Exact decimal values of the bounds (the float literals above are their spellings).
 _BOUNDS = {el: tuple(Fraction(str(b)) for b in bs) for el, bs in THRESHOLDS.items()}
 
-# DOMAIN.md §5 membership; question ids as in fieldmap.yaml.
+# docs/DOMAIN.md, “Scores” membership; question ids as in fieldmap.yaml.
 ELEMENT_QUESTIONS: dict[str, tuple[str, ...]] = {
     "vision": ("q1", "q3", "q14", "q16", "q29_vision_grades"),
     "effort": ("q6", "q9", "q17", "q21"),
@@ -97,7 +97,7 @@ def eri(support: int, equipped: int, confident: int) -> float:
 def scores_from_answers(answers: Mapping[str, int | None]) -> dict[str, int | float | None]:
     """Element scores, overall and (if all three outcome answers exist) ERI from one cycle's answers.
 
-    ``answers`` maps question id → answer. Only values 1..5 count (0 = not answered, DOMAIN §3).
+    ``answers`` maps question id → answer. Only values 1..5 count (0 = not answered, docs/DOMAIN.md, “Knack fields”).
     An element is computed only when all its statements are answered (never from a guess);
     otherwise it is None, and so is overall. ``eri`` is present only when all outcomes are answered.
     """

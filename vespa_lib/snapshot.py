@@ -1,4 +1,4 @@
-"""Reading a snapshot's CSV files with DuckDB under a pinned read specification (SPEC.md §5).
+"""Reading a snapshot's CSV files with DuckDB under a pinned read specification (docs/DOMAIN.md, “Reading the files”).
 
 ``open_snapshot(folder)`` finds the three Knack exports (object_6, object_10, object_29) by the
 field map's file globs, resolves each header row against the field map and loads each file into a
@@ -37,7 +37,7 @@ _MAX_LINE = 16 * 1024 * 1024
 _BUFFER = 2 * _MAX_LINE
 FILLED = "_filled_"  # view column of a rich_text column: whether the cell holds more than white space
 
-# SPEC.md §5: every column text, explicit delimiter/quote/escape/header, UTF-8 with or without BOM,
+# docs/DOMAIN.md, “Reading the files”: every column text, explicit delimiter/quote/escape/header, UTF-8 with or without BOM,
 # newlines inside quoted cells. ``auto_detect`` is off, so DuckDB sniffs neither types nor dialect;
 # only the line terminator (\n or \r\n) is left to it (pinning '\r\n' makes DuckDB 2.0 read nothing).
 READ_SPEC: dict[str, object] = {

@@ -55,7 +55,7 @@ def digest_expr(dialect: str, parts: list[str]) -> str:
     """An order-independent digest of rows whose text is ``parts`` joined: count and two 64-bit hash sums.
 
     Unlike ``checksum_expr`` it needs no sort (an ordered string_agg over a million rows took ~25 s),
-    so it is one streaming aggregate per table slice (SPEC.md §9). A sum, not XOR: repeated rows count."""
+    so it is one streaming aggregate per table slice (docs/ARCHITECTURE.md, “Quality bars”). A sum, not XOR: repeated rows count."""
     text = "concat_ws('|', " + ", ".join(f"coalesce(CAST({p} AS TEXT), {_NULL})" for p in parts) + ")"
     if dialect == "postgres":
         hi, lo = f"hashtextextended({text}, 0)", f"hashtextextended({text}, 1)"

@@ -1,16 +1,16 @@
-"""School and national statistics for academic years, computed set-based in the database (DOMAIN.md §6).
+"""School and national statistics for academic years, computed set-based in the database (docs/DOMAIN.md, “Production schema”).
 
 ``recompute_statistics`` writes (inside the caller's transaction, never committing); ``statistics_frame``
-and ``independent_statistics`` are read-only. Decisions where DOMAIN.md is silent (for ARCHITECTURE.md):
+and ``independent_statistics`` are read-only. Decisions where docs/DOMAIN.md is silent (for ARCHITECTURE.md):
 
 - **Years.** A requested year is a UK label ``N = Y/Y+1``. Its slices are: ``national_statistics``
-  rows labelled N, computed from scores labelled N **and** the calendar label ``Y/Y`` (DOMAIN.md §4:
+  rows labelled N, computed from scores labelled N **and** the calendar label ``Y/Y`` (docs/DOMAIN.md, “Academic years”:
   a calendar year ``Y/Y`` is counted in ``Y/Y+1``); ``school_statistics`` rows labelled N and ``Y/Y``
   (a school keeps its own label). The label always comes from the data, never from the clock (F13).
 - **Values.** Element rows use scores 1..10; 0 ("not taken") and NULL count nowhere, so
   ``sum(distribution) == count``. Student ERI = mean of the three outcome answers (1..5) of one student
   and cycle, unrounded, only when all three are answered (as ``scores.scores_from_answers``).
-- **ERI rows** (DOMAIN.md §6) keep ``mean = 0``; national rows carry the mean of student ERIs in
+- **ERI rows** (docs/DOMAIN.md, “Production schema”) keep ``mean = 0``; national rows carry the mean of student ERIs in
   ``eri_score`` and CI around it; school rows are written too (``mean = 0``, count, SD, percentiles),
   since school_statistics has no ``eri_score``. The ERI distribution counts student ERIs rounded to
   1..5 (buckets 6..10 stay 0; thirds never tie), so ``sum(distribution) == count`` holds for every row.
@@ -44,11 +44,11 @@ from .scores import OUTCOME_QUESTIONS
 
 __all__ = ["ELEMENTS", "ERI", "SCORE_ELEMENTS", "recompute_statistics", "statistics_frame", "independent_statistics"]
 
-SCORE_ELEMENTS = ("vision", "effort", "systems", "practice", "attitude", "overall")  # DOMAIN.md §6
+SCORE_ELEMENTS = ("vision", "effort", "systems", "practice", "attitude", "overall")  # docs/DOMAIN.md, “Production schema”
 ERI = "ERI"
 ELEMENTS = (*SCORE_ELEMENTS, ERI)
 TEST_PATTERN = "%@vespa.academy"  # F15: VESPA's own test accounts
-Z95 = 1.96  # DOMAIN.md §6: 95 % CI = mean ± 1.96·sd/√n
+Z95 = 1.96  # docs/DOMAIN.md, “Production schema”: 95 % CI = mean ± 1.96·sd/√n
 SCHOOL, NATIONAL = "school_statistics", "national_statistics"
 _STATS = ("mean", "std_dev", "count", "percentile_25", "percentile_50", "percentile_75", "distribution")
 _NATIONAL_EXTRA = ("eri_score", "min_value", "max_value", "confidence_interval_lower",
@@ -97,7 +97,7 @@ def _aggregate_sql(dialect: str, group: tuple[str, ...]) -> str:
     """Per-group moments over ``_stats_values``; two passes so skewness is exact for small spreads."""
     g = ", ".join(group)
     on = " AND ".join(f"v.{c} = m.{c}" for c in (*group, "element"))
-    dist = ", ".join(f"COUNT(*) FILTER (WHERE bucket = {k})" for k in range(1, 11))  # DOMAIN.md §6
+    dist = ", ".join(f"COUNT(*) FILTER (WHERE bucket = {k})" for k in range(1, 11))  # docs/DOMAIN.md, “Production schema”
     pct = ", ".join(f"percentile_cont({p}) WITHIN GROUP (ORDER BY x) / scale AS p{int(p * 100)}"
                     for p in (0.25, 0.5, 0.75))  # linear interpolation, as numpy's default
     return f"""WITH m AS (SELECT {g}, element, AVG(CAST(x AS DOUBLE PRECISION)) AS mx
@@ -112,7 +112,7 @@ FROM d GROUP BY {g}, element, scale"""
 
 def _new_rows_sql(dialect: str, table: str) -> str:
     """The desired rows of ``table`` (its columns plus ``benchmark`` and ``is_archived``)."""
-    mean = f"CASE WHEN element = '{ERI}' THEN 0 ELSE mu END"  # DOMAIN.md §6: ERI rows keep mean = 0
+    mean = f"CASE WHEN element = '{ERI}' THEN 0 ELSE mu END"  # docs/DOMAIN.md, “Production schema”: ERI rows keep mean = 0
     common = (f"cycle, {{year}} AS academic_year, element, {mean} AS mean, sd AS std_dev, n AS count, "
               "p25 AS percentile_25, p50 AS percentile_50, p75 AS percentile_75, distribution")
     if table == SCHOOL:
@@ -194,7 +194,7 @@ def _label_map(con: Any, dialect: str, requested: list[str]) -> dict[str, tuple[
     for year in requested:
         flag = year in archived
         out[year] = (year, flag)
-        calendar = f"{year[:4]}/{year[:4]}"  # DOMAIN.md §4: Y/Y is counted in Y/Y+1
+        calendar = f"{year[:4]}/{year[:4]}"  # docs/DOMAIN.md, “Academic years”: Y/Y is counted in Y/Y+1
         out[calendar] = (year, flag or calendar in archived)
     return out
 

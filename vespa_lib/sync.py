@@ -1,11 +1,11 @@
-"""The one authoritative sync (SPEC.md §6.4, issue 5, F17): plan the current year, prove it, apply.
+"""The one authoritative sync (docs/ARCHITECTURE.md, “Runbooks”, F17): plan the current year, prove it, apply.
 
 ``plan_sync(source, con, as_of)`` is read-only: it reads the source (:mod:`vespa_lib.sync_source`),
 builds the current year's rows with the import's decoding and rule chains
 (:func:`vespa_lib.rows.build_rows` with ``year_fallback=None``: a blank date is set aside as
 ``no_date``, never given a year, F1), and plans them with :func:`vespa_lib.plan.plan_changes` keyed as
 production is keyed. Its scope is each school's own running year on ``as_of`` (the library never
-reads the clock; DOMAIN.md §4): the UK year ``N`` of ``as_of`` for UK-rule schools, the calendar year
+reads the clock; docs/DOMAIN.md, “Academic years”): the UK year ``N`` of ``as_of`` for UK-rule schools, the calendar year
 of ``as_of`` (``Y/Y``) for calendar-year schools (on 15/03/2026: ``2025/2026`` and ``2026/2026``),
 and any non-canonical spelling of those two labels stored in the database (F11: relabelled by
 delete + insert); a calendar-year record dated in an earlier calendar year is set aside as
@@ -148,7 +148,7 @@ def plan_sync(source: str | SyncSource, con: Any, as_of: date, *, establishment_
     if not isinstance(as_of, date):
         raise ParameterError(f"as_of must be a date, got {as_of!r}: the library never reads the clock (F1).")
     scope = list(establishment_scope) if establishment_scope else None
-    year, calendar = years.running_years(as_of)  # each school's own running year (DOMAIN.md §4)
+    year, calendar = years.running_years(as_of)  # each school's own running year (docs/DOMAIN.md, “Academic years”)
     src = source if isinstance(source, SyncSource) else open_source(source, year, **source_options)
     archived, cohort = cohort_years(year, planmod.archived_years(con), calendar)
     rows = rowsmod.build_rows(src, year, _Reader(con), convert_q29_percentage=convert_q29_percentage,
@@ -345,7 +345,7 @@ def apply_sync(con: Any, sp: SyncPlan, *, approve: str, run_id: str, actor: str,
                + ([sp.plan.blocked] if sp.plan.blocked else []))
     if approve == "auto" and (dialect_of(con) != "duckdb" or target_kind not in (None, "duckdb")):
         reasons.append(f"approve='auto' is for DuckDB rehearsals only, not a {target_kind or dialect_of(con)} target "
-                       "(SPEC.md §7.2): pass the reviewed plan's fingerprint")
+                       "(docs/ARCHITECTURE.md, “Guarded writes”): pass the reviewed plan's fingerprint")
     if approve == "policy":
         reasons = decision["reasons"]
     elif not approve:
@@ -382,7 +382,7 @@ def _no_changes(con: Any, sp: SyncPlan, approve: str, decision: dict, common: di
 
 def recompute_statistics(con: Any, dialect: str, labels: list[str], establishment_ids: list[str] | None) -> None:
     """The guard's statistics hook: school and national statistics of the touched years (canonical
-    labels, calendar years counted in their benchmark year, DOMAIN.md §4). Writes."""
+    labels, calendar years counted in their benchmark year, docs/DOMAIN.md, “Academic years”). Writes."""
     from . import stats  # noqa: PLC0415 - heavy, only needed when applying
 
     stats.recompute_statistics(con, sorted({years.benchmark_year(years.canonical(y)) for y in labels}), establishment_ids)

@@ -1,4 +1,4 @@
-"""The sync's proofs and drift report (issue 5 items 3-4). Read-only on the target and the source.
+"""The sync's proofs and drift report. Read-only on the target and the source.
 
 ``drift`` reconciles the desired rows with the database key by key (keys as production keys them,
 the year compared canonically so a misspelt stored label shows as a change of ``academic_year``,
@@ -7,11 +7,11 @@ source), ``changed`` (with the changed columns) or ``unchanged``; rolled up per 
 (``new``/``changed``/``unchanged``/``extra``) and per table × establishment × cycle.
 
 ``proofs`` re-derives, independently of the rule chains that built the rows, the facts the
-verdict rests on (DOMAIN.md §2): no archived year (plus the plan's refusals), every year from the
+verdict rests on (docs/DOMAIN.md, “Failure catalogue”): no archived year (plus the plan's refusals), every year from the
 record's own date (F1), one year per student and cycle across scores and answers (F8), no F10 cycle
 copy, no other year's student row changed (F2), deletions only in the current year and scope (F16),
 and, per establishment, every row written in that school's own running year, which is not archived
-(UK rule: the UK year of ``as_of``; calendar-year schools: the calendar year of ``as_of``, DOMAIN.md §4).
+(UK rule: the UK year of ``as_of``; calendar-year schools: the calendar year of ``as_of``, docs/DOMAIN.md, “Academic years”).
 Each is ``{"name", "passed", "figures", "detail"}``, as ``runbook.Run.check`` takes it.
 """
 
@@ -41,7 +41,7 @@ COMPARED = {"students": ("academic_year", "knack_id", "name", "establishment_id"
                          "group", "gender"),
             "vespa_scores": ("academic_year", *ELEMENTS, "completion_date"),
             "question_responses": ("academic_year", "response_value")}
-# Reasons a record cannot be synced, grouped as issue 5 item 4 names them.
+# Reasons a record cannot be synced, grouped for the drift report.
 REASON_GROUPS = {"no_email": "no_email", "invalid_email": "no_email", "no_establishment": "no_establishment",
                  "unknown_establishment": "no_establishment", "no_date": "no_date", "bad_date": "no_date",
                  "stale_date": "other_year", "outside_import_year": "other_year",

@@ -6,7 +6,7 @@ reads object_6 whole and object_10/object_29 for the year's window through
 :class:`vespa_lib.knack_api.KnackClient` (the window widened by a day each side and then filtered
 exactly, F12) and loads them into DuckDB as the same views ``o6``/``o10``/``o29`` with the same
 logical columns. Both give a snapshot-like object that :func:`vespa_lib.rows.build_rows` reads, so
-the sync decodes exactly as the import does (issue 5 item 1). Credentials are read from the named
+the sync decodes exactly as the import does. Credentials are read from the named
 environment variables by the client; this module never sees or records their values.
 """
 
@@ -24,7 +24,7 @@ from .errors import ParameterError
 
 __all__ = ["KNACK_DATE_FIELDS", "SyncSource", "open_source", "source_window"]
 
-# DOMAIN.md §3: object_10 field_855 and object_29 field_856 are the completion dates.
+# docs/DOMAIN.md, “Knack fields”: object_10 field_855 and object_29 field_856 are the completion dates.
 KNACK_DATE_FIELDS = {"object_10": "field_855", "object_29": "field_856"}
 
 
@@ -52,7 +52,7 @@ def source_window(year: str) -> tuple[date, date]:
     """Dates whose records can belong to UK year ``year`` = ``Y/Y+1`` or to a calendar-year school's
     running year during it, both ends inclusive (F12): 1 January Y to 31 July Y+1. From August to
     December the calendar schools run ``Y/Y``; from January to July ``Y+1/Y+1``, whose days up to any
-    ``as_of`` of the UK year lie inside the window too (DOMAIN.md §4). Records of the calendar year
+    ``as_of`` of the UK year lie inside the window too (docs/DOMAIN.md, “Academic years”). Records of the calendar year
     closed on 1 January are read and set aside as ``stale_date``, never dropped unseen."""
     first, last = years.year_bounds(year)
     return date(first.year, 1, 1), last

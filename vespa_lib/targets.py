@@ -1,4 +1,4 @@
-"""Targets: where data is read (SPEC.md §4). Parsing the ``target`` parameter and opening it.
+"""Targets: where data is read (docs/ARCHITECTURE.md, “Targets”). Parsing the ``target`` parameter and opening it.
 
     duckdb:PATH                       an embedded DuckDB file (rehearsals, the demo)
     postgres:ENV_VAR                  the NAME of an environment variable holding a PostgreSQL DSN
@@ -81,7 +81,7 @@ def parse_target(spec: str, *, dotenv_path: str | os.PathLike | None = None) -> 
     names = rest.split(",")
     if sep and kind == "supabase" and len(names) == 2 and all(_ENV_NAME.match(n) for n in names):
         return TargetSpec("supabase", url_var=names[0], key_var=names[1], dotenv_path=dotenv)
-    # SPEC.md §4: secrets never appear in params, so the input is not echoed back.
+    # docs/ARCHITECTURE.md, “Targets”: secrets never appear in params, so the input is not echoed back.
     raise ParameterError(
         f"The target parameter is not one of {_FORMS}. A DSN, URL or key written into params is "
         "refused: put it in an environment variable (or .env) and name the variable instead, "
@@ -179,7 +179,7 @@ def open_target(spec: TargetSpec | str, *, read_only: bool = True, transport=Non
         return PostgresTarget(spec, _require(spec, spec.dsn_var, "a PostgreSQL DSN"), read_only=read_only)
     if not read_only:
         raise ParameterError(
-            "Supabase REST targets are read-only: bulk work goes over PostgreSQL (SPEC.md §4). "
+            "Supabase REST targets are read-only: bulk work goes over PostgreSQL (docs/ARCHITECTURE.md, “Targets”). "
             "Name a postgres:ENV_VAR target for writes."
         )
     url = _require(spec, spec.url_var, "the Supabase project URL")

@@ -1,16 +1,16 @@
-"""The year rollover (SPEC.md §6.5, issue 6): close year N, open N+1, in one guarded run. Writes only in
+"""The year rollover (docs/ARCHITECTURE.md, “Runbooks”): close year N, open N+1, in one guarded run. Writes only in
 ``apply_rollover``; everything else is read-only. The checks of the success criteria live in
 ``transition_checks`` and ``transition_dashboard`` and are re-exported here.
 
-What one rollover does, in ONE transaction (guard protocol, SPEC.md §7): advisory lock, an
+What one rollover does, in ONE transaction (guard protocol, docs/ARCHITECTURE.md, “Guarded writes”): advisory lock, an
 ``applying`` ledger row with archive grants for N, statistics pre-images of N, **final statistics of
-N recomputed**, every row of N (and of the calendar year ``Y/Y`` counted in N, DOMAIN.md §4) marked
+N recomputed**, every row of N (and of the calendar year ``Y/Y`` counted in N, docs/DOMAIN.md, “Academic years”) marked
 ``is_archived`` with pre-images, ``academic_years``: N archived and not current, N+1 present with
 its dates and current (every other row not current), the ledger completed with the year counts and
 the checksums of N's slices (later validations compare them: frozen). Undo is the guard's
 ``plan_undo``/``apply_undo`` (the ledger row carries ``statistics_years`` and the backups).
 
-**Two boundaries** (DOMAIN.md §4, docs/YEARLY_PROCEDURE.md): on 1 August the UK year ``Y/Y+1`` closes
+**Two boundaries** (docs/DOMAIN.md, “Academic years”, docs/YEARLY_PROCEDURE.md): on 1 August the UK year ``Y/Y+1`` closes
 (with the calendar year ``Y/Y`` counted in it, when that one was not closed on its own 1 January) and
 ``Y+1/Y+2`` opens; on 1 January the calendar year ``Y/Y`` of the calendar-year schools closes alone:
 its rows are marked archived and its ``academic_years`` row archived, no year is opened and the UK
@@ -230,7 +230,7 @@ def _labels(con: Any, close: str) -> list[str]:
     31 December, before ``Y/Y+1`` did: the calendar year running on 1 August (``Y+1/Y+1``) is never included."""
     if years.is_calendar_label(close):
         return [close]
-    calendar = f"{close[:4]}/{close[:4]}"  # DOMAIN.md §4: Y/Y is counted in Y/Y+1
+    calendar = f"{close[:4]}/{close[:4]}"  # docs/DOMAIN.md, “Academic years”: Y/Y is counted in Y/Y+1
     used = any(scalar(con, f"SELECT count(*) FROM {t} WHERE academic_year = ?", [calendar]) for t in STATE_TABLES)
     return [close, calendar] if used else [close]
 

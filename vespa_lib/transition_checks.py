@@ -1,4 +1,4 @@
-"""The year_transition success criteria (SPEC.md §6.5, issue 6): one read-only check each.
+"""The year_transition success criteria (docs/ARCHITECTURE.md, “Runbooks”): one read-only check each.
 
 Every check takes an open connection (DuckDB or psycopg) and returns a ``CheckResult``: pass/fail,
 an evidence table (one row per thing checked, with ``passed``), figures for the manifest and a

@@ -1,16 +1,16 @@
-"""The dashboard's view of the years (SPEC.md §6.5): year switching and national benchmarks. Read-only.
+"""The dashboard's view of the years (docs/ARCHITECTURE.md, “Runbooks”): year switching and national benchmarks. Read-only.
 
 ``dashboard_year_switching``: the year drop-down (``SELECT DISTINCT academic_year FROM
-national_statistics``, DOMAIN.md §6) lists every year with scores; each year's views hold that
+national_statistics``, docs/DOMAIN.md, “Production schema”) lists every year with scores; each year's views hold that
 year's rows only (a score or answer carries its student's year, F8; per school, year and cycle the
-answer rows are students × questions answered, DOMAIN.md §7 point 10: no answer counted twice, no
+answer rows are students × questions answered, docs/DOMAIN.md, “Known data points” 10: no answer counted twice, no
 answering student without scores); and ``school_statistics``/``national_statistics`` equal
 ``stats.independent_statistics`` recomputed from the rows (a statistic that mixes years differs).
 
 ``national_benchmarks_complete``: a national row for every (benchmark year with data, cycle with
 data, element incl. ERI), distributions of 10 buckets summing to the count, counts equal to the
 rows of that benchmark year without test accounts (F15) and with calendar years ``Y/Y`` counted in
-``Y/Y+1`` (DOMAIN.md §4), and no national row under a calendar label.
+``Y/Y+1`` (docs/DOMAIN.md, “Academic years”), and no national row under a calendar label.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def _read_year(con: Any, labels: list[str]) -> tuple[pd.DataFrame, pd.DataFrame,
 
 def column_scales(con: Any, table: str) -> dict[str, int]:
     """Decimal places of each fixed-point (numeric/decimal) column of ``table``, from the catalog.
-    Production stores statistics as decimal(4,2) (DOMAIN.md §6 as production has it); double
+    Production stores statistics as decimal(4,2) (docs/DOMAIN.md, “Production schema” as production has it); double
     columns have no scale and are compared at full precision. Read-only."""
     rows = run(con, "SELECT column_name, numeric_scale FROM information_schema.columns WHERE table_name = ? "
                     "AND table_schema IN ('public', 'main') AND (lower(data_type) LIKE ? OR lower(data_type) LIKE ?)",
@@ -212,7 +212,7 @@ def _precision_text(precision: dict[str, int]) -> str:
 
 
 def _expected_counts(con: Any) -> dict[tuple, int]:
-    """(benchmark year, cycle, element) -> values the national row must count (F15, DOMAIN.md §4)."""
+    """(benchmark year, cycle, element) -> values the national row must count (F15, docs/DOMAIN.md, “Academic years”)."""
     sums = ", ".join(f"sum(CASE WHEN s.{e} BETWEEN 1 AND 10 THEN 1 ELSE 0 END)" for e in _ELEMENTS)
     who = "JOIN students st ON st.id = {t}.student_id WHERE lower(st.email) NOT LIKE ? AND st.establishment_id IS NOT NULL"
     out: dict[tuple, int] = {}

@@ -10,7 +10,7 @@ A guarded run's ledger row (``vespa_ops.ledger``) carries ``counts`` as JSON. Th
 
 For a sync_check run these are the **source counts** (what the source says the year holds). The
 night a sync ran is ``counts.as_of``, else ``parameters.as_of``, else ``started_at`` as a UK date
-(SPEC.md §6.4: the sync is told its date; cron runs record it).
+(docs/ARCHITECTURE.md, “Runbooks”: the sync is told its date; cron runs record it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from .sql import run
 __all__ = ["DATA_TABLES", "LedgerRun", "ledger_runs", "live_counts", "year_counts"]
 
 DATA_TABLES = ("students", "vespa_scores", "question_responses")
-UK = ZoneInfo("Europe/London")  # DOMAIN.md §4: UK local dates
+UK = ZoneInfo("Europe/London")  # docs/DOMAIN.md, “Academic years”: UK local dates
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Academic years: labels, the UK 1 August rule, Australian calendar years, bounds (DOMAIN.md §4).
+"""Academic years: labels, the UK 1 August rule, Australian calendar years, bounds (docs/DOMAIN.md, “Academic years”).
 
 Every function here is pure and read-only. None of them reads the clock: a year always comes
 from a date the caller passes in (F1, F13). Labels are written only in the canonical form
@@ -33,9 +33,9 @@ __all__ = [
     "year_to_close",
 ]
 
-# DOMAIN.md §4: dates are UK local dates; timestamps are converted to Europe/London first.
+# docs/DOMAIN.md, “Academic years”: dates are UK local dates; timestamps are converted to Europe/London first.
 UK_TZ = ZoneInfo("Europe/London")
-# DOMAIN.md §4: the UK year starts on 1 August (not 1 September: F11).
+# docs/DOMAIN.md, “Academic years”: the UK year starts on 1 August (not 1 September: F11).
 UK_START_MONTH = 8
 
 _CANONICAL = re.compile(r"(\d{4})/(\d{4})")
@@ -97,14 +97,14 @@ def is_calendar_label(label: str) -> bool:
 def uses_calendar_year(is_australian: bool | None, use_standard_year: bool | None) -> bool:
     """True only for an Australian school that explicitly does not use the standard year.
 
-    DOMAIN.md §4 / F14: ``use_standard_year`` true **or NULL** means the UK rule.
+    docs/DOMAIN.md, “Academic years” / F14: ``use_standard_year`` true **or NULL** means the UK rule.
     """
     return is_australian is True and use_standard_year is False
 
 
 def _uk_local_date(when: date | datetime) -> date:
     """The UK local date of ``when``: aware datetimes are converted to Europe/London; naive ones
-    are already UK local (Knack dates are UK local, DOMAIN.md §3)."""
+    are already UK local (Knack dates are UK local, docs/DOMAIN.md, “Knack fields”)."""
     if isinstance(when, datetime):
         if when.tzinfo is not None and when.utcoffset() is not None:
             return when.astimezone(UK_TZ).date()
@@ -121,7 +121,7 @@ def _uk_local_date(when: date | datetime) -> date:
 def academic_year_for(
     when: date | datetime, *, is_australian: bool | None = False, use_standard_year: bool | None = None
 ) -> str:
-    """The canonical academic year containing ``when`` under the school's rule (DOMAIN.md §4)."""
+    """The canonical academic year containing ``when`` under the school's rule (docs/DOMAIN.md, “Academic years”)."""
     day = _uk_local_date(when)
     if uses_calendar_year(is_australian, use_standard_year):
         return f"{day.year}/{day.year}"
@@ -139,7 +139,7 @@ def current_year(
 def running_years(as_of: date | datetime) -> tuple[str, str]:
     """(UK-rule running year, calendar-year schools' running year) on ``as_of``.
 
-    Each school has its own current year (DOMAIN.md §4): on 15/03/2026 a UK-rule school is in
+    Each school has its own current year (docs/DOMAIN.md, “Academic years”): on 15/03/2026 a UK-rule school is in
     ``2025/2026`` and a calendar-year school in ``2026/2026``. Its year starts in late January, but a
     completion between 1 January and that start still belongs to the calendar year of its own date
     (a record's year always comes from its own date), so the calendar running year is simply the

@@ -1,4 +1,4 @@
-"""The seeded synthetic snapshot generator (SPEC.md §5; DOMAIN.md §1-§4, §6).
+"""The seeded synthetic snapshot generator (docs/DOMAIN.md, “Reading the files”; docs/DOMAIN.md, “The system”).
 
 ``generate(out_dir)`` writes, deterministically for a seed:
 
@@ -40,7 +40,7 @@ from .truth import Context, Outcome, decide_all
 __all__ = ["GENERATOR_VERSION", "SCALES", "GenerationResult", "generate", "generate_fresh_export", "main"]
 
 GENERATOR_VERSION = "2"  # bump when output for a seed changes (demo.py regenerates); 2: calendar schools in their own year
-SCALES = {"default": 300, "realistic": 25_000, "10x": 250_000}  # DOMAIN.md §1: ~25,000 object_10
+SCALES = {"default": 300, "realistic": 25_000, "10x": 250_000}  # docs/DOMAIN.md, “The system”: ~25,000 object_10
 
 
 @dataclass
@@ -62,7 +62,7 @@ class GenerationResult:
 
 
 def _schools_for(students: int) -> int:
-    # DOMAIN.md §1: ~140 schools for ~25,000 students; at least 8 so every planted case has a school
+    # docs/DOMAIN.md, “The system”: ~140 schools for ~25,000 students; at least 8 so every planted case has a school
     return max(8, round(students / 178))
 
 
@@ -71,7 +71,7 @@ def _write_object6(path: Path, pop: Population, truth: csv.writer, rng: random.R
     cols = headers("object_6", False)
     sink = Sink(path / name, term, bom, [h for _, h in cols], truth)
     accounts = [s for s in pop.students if s.has_object6 and s.bucket != "duplicate_extra"]
-    blanks = max(1, round(0.002 * len(accounts)))  # DOMAIN.md §3: field_91 is 99.8 % populated
+    blanks = max(1, round(0.002 * len(accounts)))  # docs/DOMAIN.md, “Knack fields”: field_91 is 99.8 % populated
     for k, s in enumerate(accounts + accounts[:blanks]):
         email = s.email if k < len(accounts) else ""
         cells = {"id": object_id(rng, s.created), "created": knack_time(s.created),
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (created; its files are replaced)")
     p.add_argument("--students", type=int, default=None, help="object_10 students (default 300)")
     p.add_argument("--seed", type=int, default=2025)
-    p.add_argument("--scale", choices=("realistic", "10x"), help="DOMAIN.md §1 scale (overrides --students)")
+    p.add_argument("--scale", choices=("realistic", "10x"), help="docs/DOMAIN.md, “The system” scale (overrides --students)")
     p.add_argument("--include-field-133", action="store_true", help="add field_133 (school names)")
     a = p.parse_args(argv)
     n = SCALES[a.scale] if a.scale else (a.students or SCALES["default"])

@@ -139,21 +139,21 @@ def answer_cells(pop: Population, r: int, s: Student, rng: random.Random) -> dic
             a = int(pop.answers[r, c - 1, QINDEX[q]])
             v = str(a)
             if q == "q29_vision_grades" and "q29_percentage" in s.quirks:
-                v = str(rng.randint(max(6, (a - 1) * 20 + 1), a * 20))  # DOMAIN §3 bands, > 5
+                v = str(rng.randint(max(6, (a - 1) * 20 + 1), a * 20))  # docs/DOMAIN.md, “Knack fields” bands, > 5
             cells[f"{q}_c{c}"] = v
             if c == answered:
                 cells[f"{q}_current"] = v
     if "answer_out_of_range" in s.quirks:
-        cells["q5_c1"] = ("6", "9", "-1")[s.index % 3]
+        cells["q5_c1"] = ("6", "9", "")[s.index % 3]
     if "answer_zero" in s.quirks:
-        cells["q8_c1"] = "0"  # DOMAIN §3: 0 = not answered
+        cells["q8_c1"] = "0"  # docs/DOMAIN.md, “Knack fields”: 0 = not answered
     cells["current_cycle"] = str(answered)
     return cells
 
 
 @lru_cache(maxsize=4096)
 def _answer_ok(question: str, value: str) -> bool:
-    """Does ``value`` decode to an answer 1..5 (a q29 value above 5 is a percentage, DOMAIN §3)?"""
+    """Does ``value`` decode to an answer 1..5 (a q29 value above 5 is a percentage, docs/DOMAIN.md, “Knack fields”)?"""
     pct = question == "q29_vision_grades" and value.lstrip("-").isdigit() and int(value) > 5
     return knack.decode_answer(value, percentage=pct).ok
 

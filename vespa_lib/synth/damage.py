@@ -1,7 +1,7 @@
-"""The "damaged production" DuckDB database that matches a synthetic snapshot (SPEC.md §5).
+"""The "damaged production" DuckDB database that matches a synthetic snapshot (docs/DOMAIN.md, “Reading the files”).
 
 Writes only the given DuckDB file. Built like production before the workbook's first migration:
-``schema.create_schema(workbook=False, legacy_email_key=True)`` — DOMAIN.md §6 tables with the F2
+``schema.create_schema(workbook=False, legacy_email_key=True)`` — docs/DOMAIN.md, “Production schema” tables with the F2
 key ``unique(email)`` and no ``is_archived`` column or year checks on scores/answers yet (which is
 what lets non-canonical labels in). Planted damage: F1, F2, F8, F9, F10, F11 labels, F15 accounts.
 Everything is bulk-loaded from DataFrames; no row-by-row INSERT.

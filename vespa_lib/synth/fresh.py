@@ -1,4 +1,4 @@
-"""The "fresh export": Knack's state during the current year, for the sync_check runbook (issue 5).
+"""The "fresh export": Knack's state during the current year, for the sync_check runbook.
 
 ``generate_fresh_export(out_dir, as_of=date(2026, 3, 15))`` reads ``out_dir/production.duckdb`` and
 ``out_dir/truth.csv`` (read-only: opened read-only, never rewritten) and writes
@@ -84,7 +84,7 @@ class DbYear:
     calendar: str = ""  # the calendar-year schools' running year (the calendar year of as_of)
 
 
-# DOMAIN.md §4: a calendar-year school's year starts in late January.
+# docs/DOMAIN.md, “Academic years”: a calendar-year school's year starts in late January.
 CALENDAR_START = (1, 26)
 
 
@@ -195,7 +195,7 @@ def _day(rng: random.Random, lo: date, hi: date) -> date:
 
 
 def _date_cell(rng: random.Random, s: Student, day: date | None) -> None:
-    """The field_855 cell of ``day`` in one of Knack's styles (DOMAIN.md §3), blank when None."""
+    """The field_855 cell of ``day`` in one of Knack's styles (docs/DOMAIN.md, “Knack fields”), blank when None."""
     if day is None:
         s.date_cell = ""
         s.quirks.add("blank_date")
@@ -309,7 +309,7 @@ def _plan_stale(plan: Plan, snap_row: dict, school: School, rng: random.Random, 
                 created + timedelta(days=30), rng.choice((1, 2)), bucket="stale_date")
     s.o29_link = None if kind == "stale_twin_old" else "id"
     answers, scores = _answers_and_scores(nprng, [s])
-    _date_cell(rng, s, _day(rng, date(2024, 9, 2), date(2025, 7, 31)))  # DOMAIN.md §4: 2024/2025
+    _date_cell(rng, s, _day(rng, date(2024, 9, 2), date(2025, 7, 31)))  # docs/DOMAIN.md, “Academic years”: 2024/2025
     s.quirks.add(kind)
     plan.add(Record(s, kind), answers[0], scores[0])
 
@@ -512,7 +512,7 @@ _canonical = cache(years.canonical)  # few distinct labels, many rows
 
 @cache
 def _answer(q29: bool, cell: str) -> int | None:
-    """A decoded answer 1..5 or None; a q29 value above 5 is a percentage (DOMAIN.md §3)."""
+    """A decoded answer 1..5 or None; a q29 value above 5 is a percentage (docs/DOMAIN.md, “Knack fields”)."""
     pct = q29 and cell.lstrip("-").isdigit() and int(cell) > 5
     d = knack.decode_answer(cell, percentage=pct)
     return d.value if d.ok else None
@@ -591,7 +591,7 @@ def _write_accounts(path: Path, pop: Population, truth: csv.writer, rng: random.
     seen: set[str] = set()
     accounts = [s for s in pop.students if s.has_object6 and not (s.email in seen or seen.add(s.email))]
     for k, s in enumerate(accounts + accounts[:1]):
-        email = s.email if k < len(accounts) else ""  # DOMAIN.md §3: field_91 is 99.8 % populated
+        email = s.email if k < len(accounts) else ""  # docs/DOMAIN.md, “Knack fields”: field_91 is 99.8 % populated
         cells = {"id": object_id(rng, s.created), "created": knack_time(s.created), "updated": knack_time(s.updated),
                  "email": email.upper() if k % 17 == 0 else email, "first_name": s.first, "last_name": s.last,
                  "full_name": f"{s.first} {s.last}", "establishment": s.school.name, "year_group": s.year_group,

@@ -1,4 +1,4 @@
-"""Deterministic identifiers: Knack ObjectIds (creation time in the first 8 hex digits, DOMAIN.md §3)
+"""Deterministic identifiers: Knack ObjectIds (creation time in the first 8 hex digits, docs/DOMAIN.md, “Knack fields”)
 and UUIDs drawn from the generator's seeded random source. Read-only helpers."""
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from .text import FIRST_NAMES, KINDS, LAST_NAMES, TOWNS
 
 TRUST_DOMAIN = "learn.northtrust.org.uk"  # shared by two schools: ambiguous email domain
 UNKNOWN_DOMAIN = "outlook.com"  # no existing student uses it: no email-domain match
-TEST_DOMAIN = "vespa.academy"  # DOMAIN.md F15
+TEST_DOMAIN = "vespa.academy"  # docs/DOMAIN.md F15
 UNKNOWN_SCHOOL = "Riverside Closed Academy"  # named by field_133 but not in the database
 
-# Disjoint buckets: (name, rate, minimum at small scale). Rates follow DOMAIN.md where it gives one.
+# Disjoint buckets: (name, rate, minimum at small scale). Rates follow docs/DOMAIN.md where it gives one.
 BUCKETS = (
     ("no_email", 0.002, 3), ("invalid_email", 0.002, 3), ("bad_date", 0.001, 3),
     ("stale_date", 0.01, 4), ("outside_import_year", 0.004, 4), ("no_establishment", 0.003, 3),
@@ -173,7 +173,7 @@ def _dated(rng: random.Random, s: Student, start: datetime, days: int, fixed: st
 
 
 BAD_DATES = ("31/02/2025", "45678", "next Tuesday", "13/13/2024 25:61")
-STALE_FIXED = ("31/07/2024",)  # DOMAIN.md §4: last day of 2023/2024 (F12 boundary)
+STALE_FIXED = ("31/07/2024",)  # docs/DOMAIN.md, “Academic years”: last day of 2023/2024 (F12 boundary)
 OUTSIDE_FIXED = ("01/08/2025", "22/09/2025 09:42")
 
 
@@ -228,7 +228,7 @@ def _duplicate(rng: random.Random, s: Student, index: int) -> Student:
 
 
 def _answers_and_scores(nprng: np.random.Generator, records: list[Student]) -> tuple[np.ndarray, np.ndarray]:
-    """Clean answers for 3 cycles per record and the scores they imply (DOMAIN.md §5). Genuine
+    """Clean answers for 3 cycles per record and the scores they imply (docs/DOMAIN.md, “Scores”). Genuine
     later cycles never equal the current cycle's six scores, so only planted copies look like F10."""
     n = len(records)
     answers = random_answers(nprng, n * 3).reshape(n, 3, -1)

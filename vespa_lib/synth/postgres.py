@@ -1,5 +1,5 @@
 """The damaged production DuckDB copied into PostgreSQL, as a database the workbook did not create
-(tests, benchmarks): the DOMAIN.md §6 schema with the legacy F2 key, no workbook additions. Writes
+(tests, benchmarks): the docs/DOMAIN.md, “Production schema” schema with the legacy F2 key, no workbook additions. Writes
 only to the given PostgreSQL database."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def write_statistics(con: duckdb.DuckDBPyConnection, year: str) -> None:
                a.mean + 1.96 * a.std_dev / sqrt(a.count) AS confidence_interval_upper,
                TIMESTAMP '2025-10-15 03:00:00' AS calculated_at
         FROM ({national}) a""", [year])
-    # ERI rows keep mean = 0 and carry the value in eri_score (DOMAIN.md §6).
+    # ERI rows keep mean = 0 and carry the value in eri_score (docs/DOMAIN.md, “Production schema”).
     con.execute("""INSERT INTO national_statistics BY NAME
         SELECT cycle, academic_year, 'ERI' AS element, 0.0 AS mean, avg(e) AS eri_score, count(*) AS count,
                to_json([0,0,0,0,0,0,0,0,0,0]) AS distribution,

