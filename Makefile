@@ -22,13 +22,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the package, its dependencies and the project kernel
 
 demo: $(STAMP)  ## generate the synthetic snapshot and damaged database, run the runbooks, print the summary
-	$(PY) -m vespa_lib.demo --out $(DEMO)
+	$(PY) -m vespa_lib.sandbox.demo --out $(DEMO)
 
 demo-pg: $(STAMP)  ## the demo on a throw-away production-shaped PostgreSQL, every write planned and approved
-	$(PY) -m vespa_lib.demo_pg --out data/demo-pg
+	$(PY) -m vespa_lib.sandbox.demo_pg --out data/demo-pg
 
 rehearse-year: $(STAMP)  ## a school year night by night on PostgreSQL; REHEARSE_ARGS="--full" for every night
-	$(PY) -m vespa_lib.rehearsal --data data/rehearsal $(REHEARSE_ARGS)
+	$(PY) -m vespa_lib.sandbox.rehearsal --data data/rehearsal $(REHEARSE_ARGS)
 
 test: $(STAMP)  ## run every test (PostgreSQL tests start their own throw-away server), then each runbook as JupyterLab runs it
 	$(PY) -m ruff check vespa_lib tests scripts
@@ -55,7 +55,7 @@ bench-sync: $(STAMP)  ## benchmark sync_check at realistic scale (plan + apply <
 	$(PY) scripts/bench_sync.py $(BENCH_SYNC_ARGS)
 
 chaos: $(STAMP)  ## SIGKILL (process + kernel) and crash-restart PostgreSQL during realistic imports; heavy, not in CI
-	test -f data/chaos/realistic/truth.csv || $(PY) -m vespa_lib.synth --out data/chaos/realistic --scale realistic
+	test -f data/chaos/realistic/truth.csv || $(PY) -m vespa_lib.sandbox.synth --out data/chaos/realistic --scale realistic
 	$(PY) scripts/chaos.py --data data/chaos/realistic --out data/chaos/run $(CHAOS_ARGS)
 
 clean:  ## remove generated data and the virtual environment (outputs/ is kept: it is evidence)

@@ -1,7 +1,7 @@
 """Benchmark the import against docs/ARCHITECTURE.md, “Quality bars” (``make bench``; ``--scale 10`` for 10× the realistic scale).
 
 Generates the realistic-scale snapshot once into ``data/bench/realistic`` (reused when present), then in
-ONE run on a throw-away PostgreSQL (``vespa_lib.localpg``) measures: csv_profile (open + profile);
+ONE run on a throw-away PostgreSQL (``vespa_lib.sandbox.localpg``) measures: csv_profile (open + profile);
 building the rows; migrations (applied first, reported separately); the import plan; its apply (which
 reuses the plan and writes the Parquet copy of its backup rows, as the runbook's apply run does); the
 apply run's verification (a re-plan); a
@@ -40,14 +40,16 @@ import psutil
 import psycopg
 import pyarrow as pa
 
-from vespa_lib import importer, schema, synth
-from vespa_lib.guard import apply_plan
-from vespa_lib.localpg import LocalPostgres
-from vespa_lib.pgcopy import copy_in
+from vespa_lib import importer
 from vespa_lib.profile import profile_snapshot
-from vespa_lib.snapshot import open_snapshot
-from vespa_lib.sql import q as _q
-from vespa_lib.synth.postgres import load_into_postgres
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.localpg import LocalPostgres
+from vespa_lib.sandbox.synth.postgres import load_into_postgres
+from vespa_lib.sources.snapshot import open_snapshot
+from vespa_lib.write import schema
+from vespa_lib.write.guard import apply_plan
+from vespa_lib.write.pgcopy import copy_in
+from vespa_lib.write.sql import q as _q
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "data" / "bench"
@@ -243,7 +245,7 @@ PARAMS = ROOT / "params" / "demo"
 def vespa_ops() -> list[str]:
     """The ``vespa-ops`` command of this interpreter's environment (its console script, else ``-m``)."""
     script = Path(sys.executable).parent / "vespa-ops"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "vespa_lib.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vespa_lib.ops.cli"]
 
 
 def _tree_rss(proc: psutil.Process) -> int:

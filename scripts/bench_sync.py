@@ -34,13 +34,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402 - the import benchmark's helpers (dataset, load_into_postgres, timed)
 
-from vespa_lib import importer, sync, sync_checks, sync_source, targets, years  # noqa: E402
-from vespa_lib import plan as planmod  # noqa: E402
-from vespa_lib import rows as rowsmod  # noqa: E402
-from vespa_lib.guard import apply_plan  # noqa: E402
-from vespa_lib.localpg import LocalPostgres  # noqa: E402
-from vespa_lib.snapshot import open_snapshot  # noqa: E402
-from vespa_lib.synth import generate_fresh_export  # noqa: E402
+from vespa_lib import importer, sync  # noqa: E402
+from vespa_lib.rules import rows as rowsmod  # noqa: E402
+from vespa_lib.rules import years  # noqa: E402
+from vespa_lib.sandbox.localpg import LocalPostgres  # noqa: E402
+from vespa_lib.sandbox.synth import generate_fresh_export  # noqa: E402
+from vespa_lib.sources import targets  # noqa: E402
+from vespa_lib.sources.snapshot import open_snapshot  # noqa: E402
+from vespa_lib.sync import checks as sync_checks  # noqa: E402
+from vespa_lib.sync import source as sync_source
+from vespa_lib.write import plan as planmod  # noqa: E402
+from vespa_lib.write.guard import apply_plan  # noqa: E402
 
 FRESH = bench.BENCH / "realistic-fresh"
 timed = bench.timed

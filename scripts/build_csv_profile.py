@@ -28,7 +28,7 @@ target: str = "duckdb:data/demo/production.duckdb"  # production database used f
 unmask_pii: bool = False  # show raw emails (interactive sessions only)
 """, metadata={"tags": ["parameters"]})
 code("""
-from vespa_lib import runbook
+from vespa_lib.ops import runbook
 run = runbook.start("csv_profile", globals())
 """)
 md("""
@@ -43,7 +43,8 @@ truncated file) stops here with an error naming the file and line — never a si
 code("""
 import matplotlib.pyplot as plt
 import pandas as pd
-from vespa_lib import profile, snapshot, targets
+from vespa_lib import profile
+from vespa_lib.sources import snapshot, targets
 
 snap = snapshot.open_snapshot(snapshot_dir)
 for path in snap.files.values():
@@ -76,7 +77,7 @@ md("""
 ## 3. Columns found and missing per the field map (F4)
 
 Each logical column is looked up under the header spellings the field map declares
-(`vespa_lib/fieldmap.yaml`); a differently-headed export is handled by adding a spelling there. A
+(`vespa_lib/rules/fieldmap.yaml`); a differently-headed export is handled by adding a spelling there. A
 missing *required* column stops the run at step 1. A missing *blocker* column (the establishment
 connection `field_133`, absent from the 2025 snapshot) blocks a naive import: it is reported with the
 fallback the import will use. The mapping actually used is saved as `FIELD_MAPPING.json`.
@@ -135,7 +136,7 @@ md("""
 ## 6. Date formats and ranges (F6)
 
 Knack dates are UK day-first (`DD/MM/YYYY`, with or without `HH:MM`); ISO also occurs. Every
-distinct date string is decoded once by `vespa_lib.knack` (never month-first, never the CSV
+distinct date string is decoded once by `vespa_lib.rules.knack` (never month-first, never the CSV
 sniffer). Each format's range is shown; anything that does not decode appears in section 8 with a
 reason code. The check reconciles the two tables, so no unparseable date goes unreported.
 """)
@@ -172,7 +173,7 @@ if not years.empty:
 md("""
 ## 8. Unparseable emails and dates, with reason codes
 
-Reason codes are `vespa_lib.knack.REASONS` (e.g. `invalid_email`, `multiple_emails`,
+Reason codes are `vespa_lib.rules.knack.REASONS` (e.g. `invalid_email`, `multiple_emails`,
 `impossible_date`, `excel_serial_date`); `first_line` points into the file. Blank emails are listed
 because the import sets those records aside (`no_email`); blank dates are normal and not listed.
 """)

@@ -22,7 +22,7 @@ a minute or two per case), so CI runs the light variant in tests/test_chaos.py i
 
     python scripts/chaos.py --data DIR [--kills 6] [--restarts 2] [--seed 1] [--out DIR]
 
-``DIR`` is a folder made by ``python -m vespa_lib.synth --out DIR [--scale realistic]``. Writes only
+``DIR`` is a folder made by ``python -m vespa_lib.sandbox.synth --out DIR [--scale realistic]``. Writes only
 under ``--out`` and the throw-away cluster.
 """
 
@@ -40,10 +40,10 @@ from pathlib import Path
 import psutil
 import psycopg
 
-from vespa_lib.guard import table_checksums
-from vespa_lib.localpg import LocalPostgres, create_database_on, dsn_with_dbname
-from vespa_lib.protect import WRITERS_LOCK_KEY
-from vespa_lib.synth.postgres import load_into_postgres
+from vespa_lib.sandbox.localpg import LocalPostgres, create_database_on, dsn_with_dbname
+from vespa_lib.sandbox.synth.postgres import load_into_postgres
+from vespa_lib.write.guard import table_checksums
+from vespa_lib.write.protect import WRITERS_LOCK_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTION = ["students", "vespa_scores", "question_responses", "academic_years", "school_statistics",
@@ -114,7 +114,7 @@ def ledger(dsn: str, run_id: str) -> list[tuple[str, str]]:
 def runbook_args(data: Path, out: Path, **params) -> list[str]:
     values = {"snapshot_dir": str(data / "snapshot"), "target": f"postgres:{DSN_ENV}", "sample_students": 0,
               "backup_dir": str(out / "backups"), **params}
-    return [sys.executable, "-m", "vespa_lib.cli", "--notebooks", str(ROOT / "notebooks"), "--outputs",
+    return [sys.executable, "-m", "vespa_lib.ops.cli", "--notebooks", str(ROOT / "notebooks"), "--outputs",
             str(out / "outputs"), "run", "import", "-f", str(ROOT / "params" / "demo" / "import.yaml"),
             *(a for k, v in values.items() for a in ("-p", f"{k}={json.dumps(v)}"))]
 
@@ -274,7 +274,7 @@ def moments(n: int, kind: str, ref: dict, rng: random.Random) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="folder made by python -m vespa_lib.synth")
+    parser.add_argument("--data", type=Path, required=True, help="folder made by python -m vespa_lib.sandbox.synth")
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--restarts", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)

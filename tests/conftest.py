@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vespa_lib.localpg import (
+from vespa_lib.sandbox.localpg import (
     HOW_TO_INSTALL,
     LocalPostgres,
     create_database_on,
@@ -68,7 +68,7 @@ def duckdb_path(tmp_path: Path) -> Path:
     return tmp_path / "t.duckdb"
 
 
-# --- production-shaped PostgreSQL (vespa_lib.prodshape) ----------------------------------------
+# --- production-shaped PostgreSQL (vespa_lib.sandbox.prodshape) ----------------------------------------
 #
 #   prodshape_world      session: a synthetic world (snapshot, damaged production.duckdb, fresh export)
 #   prodshape_template   session: factory legacy_email_key -> name of a built template database
@@ -90,7 +90,7 @@ def prodshape_world(tmp_path_factory) -> Path:
     """synth.generate(300 students, seed 2025) and the fresh export as of 2026-03-15 (read-only for tests)."""
     from datetime import date
 
-    from vespa_lib import synth
+    from vespa_lib.sandbox import synth
 
     out = tmp_path_factory.mktemp("prodshape_world")
     synth.generate(out, students=300, seed=2025)
@@ -101,7 +101,7 @@ def prodshape_world(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prodshape_template(pg_server, prodshape_world):
     """Factory: the template database of one key variant, built once per session."""
-    from vespa_lib import prodshape
+    from vespa_lib.sandbox import prodshape
 
     built: dict[bool, str] = {}
 
@@ -118,7 +118,7 @@ def prodshape_template(pg_server, prodshape_world):
 
 
 def _prod_copy(pg_server: str, template: str, legacy: bool, world: Path) -> Iterator[ProdDB]:
-    from vespa_lib import prodshape
+    from vespa_lib.sandbox import prodshape
 
     name = f"vespa_prod_{uuid.uuid4().hex[:12]}"
     owner = prodshape.clone(pg_server, template, name)

@@ -4,7 +4,7 @@ checksum every table of a target.
     ops = Ops(tmp, env={"PROD_DB_URL": dsn})
     plan = ops.run("import", snapshot_dir=..., target="postgres:PROD_DB_URL")      # a real subprocess
     applied = ops.run("import", ..., mode="apply", approve=plan.fingerprint)
-    same = ops.run("audit", target=..., inproc=True)                              # vespa_lib.cli.main
+    same = ops.run("audit", target=..., inproc=True)                              # vespa_lib.ops.cli.main
     code, out, err = ops.undo(applied.run_id, "postgres:PROD_DB_URL", approve=fp)
 
 Every run writes its evidence under ``tmp/outputs``; restore points under ``tmp/backups``.
@@ -83,7 +83,7 @@ class Ops:
             done = subprocess.run([str(VESPA_OPS), *argv], cwd=self.tmp, env=env, capture_output=True, text=True,
                                   timeout=1800)
             return done.returncode, done.stdout, done.stderr
-        from vespa_lib import cli  # noqa: PLC0415
+        from vespa_lib.ops import cli  # noqa: PLC0415
 
         out, err = io.StringIO(), io.StringIO()
         saved = {k: os.environ.get(k) for k in self.env}
@@ -148,7 +148,7 @@ def _tables(con: Any, dialect: str, schema: str) -> list[str]:
 def checksums(kind: str, where: str, *, schemas: tuple[str, ...] = ("public", "vespa_ops")) -> dict[str, str]:
     """{schema.table: md5 of every row} of every table of ``schemas`` in a DuckDB file or a PostgreSQL DSN
     (DuckDB's main schema counts as public). Read-only."""
-    from vespa_lib.guard import table_checksums  # noqa: PLC0415
+    from vespa_lib.write.guard import table_checksums  # noqa: PLC0415
 
     if kind == "duckdb":
         import duckdb  # noqa: PLC0415

@@ -6,7 +6,8 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from vespa_lib import cli, transition_dashboard
+from vespa_lib.ops import cli
+from vespa_lib.transition import dashboard as transition_dashboard
 
 
 def _manifest(**extra) -> dict:

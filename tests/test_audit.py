@@ -17,10 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vespa_lib import audit, cli, runbook, schema, synth, years
+from vespa_lib import audit
 from vespa_lib.errors import ParameterError
-from vespa_lib.synth.postgres import load_into_postgres  # noqa: F401 - other test modules import it from here
-from vespa_lib.targets import open_target
+from vespa_lib.ops import cli, runbook
+from vespa_lib.rules import years
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.postgres import load_into_postgres  # noqa: F401 - other test modules import it from here
+from vespa_lib.sources.targets import open_target
+from vespa_lib.write import schema
 
 REPO = Path(__file__).resolve().parents[1]
 YEAR_TABLES = ("students", "vespa_scores", "question_responses", "school_statistics", "national_statistics",

@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vespa_lib import evidence, privacy
+from vespa_lib.ops import evidence, privacy
 
 pytestmark = pytest.mark.browser
 

@@ -1,4 +1,4 @@
-"""Bulk-load mode (vespa_lib.bulkload): keys dropped and rebuilt inside the guard's transaction.
+"""Bulk-load mode (vespa_lib.write.bulkload): keys dropped and rebuilt inside the guard's transaction.
 
 Real PostgreSQL. What must hold: the rows written equal the ordinary path's; every key, foreign key
 and index comes back with its exact name and definition, also ones the workbook did not create; a
@@ -12,11 +12,11 @@ from __future__ import annotations
 import pytest
 from test_plan import EST_A, OLD, QUESTIONS, apply, connect, desired, migrate, students
 
-from vespa_lib import bulkload
 from vespa_lib.errors import ValidationFailed
-from vespa_lib.guard import bulk_tables, table_checksums
-from vespa_lib.localpg import create_database_on, drop_database_on, dsn_with_dbname
-from vespa_lib.plan import plan_changes
+from vespa_lib.sandbox.localpg import create_database_on, drop_database_on, dsn_with_dbname
+from vespa_lib.write import bulkload
+from vespa_lib.write.guard import bulk_tables, table_checksums
+from vespa_lib.write.plan import plan_changes
 
 pytestmark = pytest.mark.postgres
 

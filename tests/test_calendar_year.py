@@ -24,10 +24,11 @@ import pyarrow as pa
 import pytest
 from test_plan import _STUDENT_SCHEMA
 
-from vespa_lib import cli, synth
-from vespa_lib.guard import table_checksums
-from vespa_lib.plan import Desired, plan_changes
-from vespa_lib.synth.fresh import generate_fresh_export
+from vespa_lib.ops import cli
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.fresh import generate_fresh_export
+from vespa_lib.write.guard import table_checksums
+from vespa_lib.write.plan import Desired, plan_changes
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vespa_lib import synth
-from vespa_lib.localpg import LocalPostgres, create_database_on, dsn_with_dbname, find_binaries
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.localpg import LocalPostgres, create_database_on, dsn_with_dbname, find_binaries
 
 pytestmark = [pytest.mark.postgres, pytest.mark.notebook, pytest.mark.slow]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vespa_lib import cli
+from vespa_lib.ops import cli
 
 NOTEBOOKS = Path(__file__).parent / "fixtures" / "notebooks"
 VESPA_OPS = Path(sys.executable).with_name("vespa-ops")
@@ -76,7 +76,7 @@ def test_undo_plans_then_applies_only_with_the_fingerprint(tmp_path, capsys, pg_
     import psycopg
     from test_plan import EST_A, OLD, desired, migrate, seed, students
 
-    from vespa_lib import guard
+    from vespa_lib.write import guard
 
     con = psycopg.connect(pg_dsn, autocommit=True)
     seed(con)
@@ -84,7 +84,7 @@ def test_undo_plans_then_applies_only_with_the_fingerprint(tmp_path, capsys, pg_
     tables = ["students", "vespa_scores", "question_responses"]
     before = guard.table_checksums(con, tables)
     want = desired(students(OLD, EST_A, 3))
-    from vespa_lib.plan import plan_changes
+    from vespa_lib.write.plan import plan_changes
 
     plan = plan_changes(con, want)
     guard.apply_plan(con, want, approve=plan.fingerprint, run_id="run-to-undo", runbook="test", actor="pytest",

@@ -18,13 +18,14 @@ import duckdb
 import psycopg
 import pytest
 
-from vespa_lib import importer, sync, synth, transition
-from vespa_lib.guard import apply_plan
-from vespa_lib.plan import Desired, plan_changes
-from vespa_lib.rows import build_rows
-from vespa_lib.snapshot import open_snapshot
-from vespa_lib.synth.csvwrite import headers
-from vespa_lib.synth.fresh import generate_fresh_export
+from vespa_lib import importer, sync, transition
+from vespa_lib.rules.rows import build_rows
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.csvwrite import headers
+from vespa_lib.sandbox.synth.fresh import generate_fresh_export
+from vespa_lib.sources.snapshot import open_snapshot
+from vespa_lib.write.guard import apply_plan
+from vespa_lib.write.plan import Desired, plan_changes
 
 OLD, NEW = "2024/2025", "2025/2026"
 AS_OF = date(2025, 9, 20)
@@ -273,7 +274,7 @@ def test_an_undated_copy_is_listed_for_review_not_counted_as_a_split(case):
 
 @pytest.mark.postgres
 def test_on_postgres_the_late_cycle_is_set_aside_and_the_import_adds_it(case, world, pg_dsn, tmp_path):
-    from vespa_lib.synth.postgres import load_into_postgres
+    from vespa_lib.sandbox.synth.postgres import load_into_postgres
 
     con, export, a, b = case
     con.close()

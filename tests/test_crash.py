@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from test_plan import EST_A, OLD, apply, connect, migrate, students
 
-from vespa_lib.guard import table_checksums
+from vespa_lib.write.guard import table_checksums
 
 pytestmark = pytest.mark.postgres
 TESTS = Path(__file__).parent
@@ -32,10 +32,10 @@ CHILD = f"""
 import sys, psycopg
 sys.path.insert(0, {str(TESTS)!r})
 from test_plan import desired, students, EST_A, OLD
-from vespa_lib.plan import plan_changes
-from vespa_lib.guard import apply_plan
+from vespa_lib.write.plan import plan_changes
+from vespa_lib.write.guard import apply_plan
 import os
-from vespa_lib import bulkload
+from vespa_lib.write import bulkload
 if os.environ.get("VESPA_TEST_BULK"):  # load the answers with their keys dropped and rebuilt
     bulkload.MIN_ROWS, bulkload.MIN_SHARE = 1, 0.0
 con = psycopg.connect(sys.argv[1], autocommit=True)
@@ -91,7 +91,7 @@ def prepared(pg_dsn):
 
 @pytest.mark.parametrize(("crash_at", "bulk"), [
     ("copy", False), ("merge", False), ("before_commit", False),
-    ("merge", True),  # killed while the answers' keys and foreign key are dropped (vespa_lib.bulkload)
+    ("merge", True),  # killed while the answers' keys and foreign key are dropped (vespa_lib.write.bulkload)
     ("before_commit", True),
 ])
 def test_sigkill_leaves_database_exactly_as_before(prepared, pg_dsn, crash_at, bulk):
@@ -129,7 +129,7 @@ def test_plain_connection_cannot_see_uncommitted_apply(prepared, pg_dsn):
 
 def _in_guarded_transaction(con) -> bool:
     """A guarded run is inside its transaction: it holds the writers' lock exclusively."""
-    from vespa_lib.protect import WRITERS_LOCK_KEY
+    from vespa_lib.write.protect import WRITERS_LOCK_KEY
 
     return bool(con.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s AND "
                             "objid = %s AND objsubid = 1 AND mode = 'ExclusiveLock' AND granted",
@@ -172,7 +172,7 @@ def test_sigkill_at_a_random_moment_of_the_guarded_transaction(prepared, pg_dsn,
 def test_immediate_restart_of_the_server_during_the_apply(tmp_path):
     """``pg_ctl restart -m immediate`` (a crash, then recovery) while the guard's transaction is open:
     after recovery the database equals its checksums from before, and the next apply succeeds."""
-    from vespa_lib.localpg import LocalPostgres, create_database_on, dsn_with_dbname, find_binaries
+    from vespa_lib.sandbox.localpg import LocalPostgres, create_database_on, dsn_with_dbname, find_binaries
 
     if find_binaries() is None:
         pytest.skip("no PostgreSQL server binaries to start and crash a server of this test's own")

@@ -1,4 +1,4 @@
-"""``make demo`` (vespa_lib.demo): pristine reset, parameters, and a small end-to-end run of the runbooks."""
+"""``make demo`` (vespa_lib.sandbox.demo): pristine reset, parameters, and a small end-to-end run of the runbooks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vespa_lib import demo, evidence
+from vespa_lib.ops import evidence
+from vespa_lib.sandbox import demo
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = 100  # the generator's minimum (vespa_lib.synth refuses fewer)
+SMALL = 100  # the generator's minimum (vespa_lib.sandbox.synth refuses fewer)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vespa_lib.demo_pg import failures, run_demo
+from vespa_lib.sandbox.demo_pg import failures, run_demo
 
 pytestmark = [pytest.mark.heavy, pytest.mark.postgres, pytest.mark.notebook, pytest.mark.slow]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vespa_lib import duckwork, snapshot
 from vespa_lib.errors import ParameterError
+from vespa_lib.sources import duckwork, snapshot
 
 
 def _setting(con, name: str) -> str:

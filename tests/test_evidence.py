@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vespa_lib import evidence, privacy
+from vespa_lib.ops import evidence, privacy
 
 DSN = "postgresql://u:S3cretPassw0rd@localhost/db"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.abcDEF123"
@@ -195,7 +195,7 @@ def test_killed_run_leaves_a_running_manifest_shown_as_interrupted(tmp_path):
 
     outputs = tmp_path / "outputs"
     notebooks = Path(__file__).parent / "fixtures" / "notebooks"
-    cli = subprocess.Popen([sys.executable, "-m", "vespa_lib.cli", "--notebooks", str(notebooks), "--outputs",
+    cli = subprocess.Popen([sys.executable, "-m", "vespa_lib.ops.cli", "--notebooks", str(notebooks), "--outputs",
                             str(outputs), "run", "selftest", "-p", "rows=3"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     deadline = time.monotonic() + 60

@@ -16,7 +16,8 @@ import psycopg
 import pytest
 from test_audit import load_into_postgres
 
-from vespa_lib import cli, synth
+from vespa_lib.ops import cli
+from vespa_lib.sandbox import synth
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "Pw-7f3a9c!leakcheck"

@@ -10,9 +10,9 @@ import pytest
 from test_plan import CUR, EST_A, OLD, apply, connect, desired, migrate, open_target, students
 
 from vespa_lib.errors import GuardRefused, ValidationFailed
-from vespa_lib.guard import LOCK_KEY, apply_plan, apply_undo, plan_undo, table_checksums, verify
-from vespa_lib.plan import plan_changes
-from vespa_lib.sql import scalar
+from vespa_lib.write.guard import LOCK_KEY, apply_plan, apply_undo, plan_undo, table_checksums, verify
+from vespa_lib.write.plan import plan_changes
+from vespa_lib.write.sql import scalar
 
 DATA = ["students", "vespa_scores", "question_responses", "academic_years", "school_statistics",
         "national_statistics"]
@@ -168,7 +168,8 @@ def test_default_statistics_hook_recomputes_benchmark_years(duckdb_path):
     calendar label counts in its benchmark year, a misspelling is canonicalised (docs/DOMAIN.md, “Academic years”, F11)."""
     import duckdb
 
-    from vespa_lib import guard, stats
+    from vespa_lib.rules import stats
+    from vespa_lib.write import guard
 
     calls = []
     con = duckdb.connect(str(duckdb_path))

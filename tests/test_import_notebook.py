@@ -10,8 +10,10 @@ import psycopg
 import pytest
 from test_audit import load_into_postgres
 
-from vespa_lib import cli, importer, synth
-from vespa_lib.guard import apply_plan, table_checksums
+from vespa_lib import importer
+from vespa_lib.ops import cli
+from vespa_lib.sandbox import synth
+from vespa_lib.write.guard import apply_plan, table_checksums
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from vespa_lib import cli, synth
-from vespa_lib.synth.postgres import load_into_postgres
+from vespa_lib.ops import cli
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.postgres import load_into_postgres
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pytest
 from test_audit import load_into_postgres
 
-from vespa_lib import importer, synth
-from vespa_lib.guard import apply_undo, plan_undo, table_checksums
-from vespa_lib.migrations import pending
+from vespa_lib import importer
+from vespa_lib.sandbox import synth
+from vespa_lib.write.guard import apply_undo, plan_undo, table_checksums
+from vespa_lib.write.migrations import pending
 
 YEAR = "2024/2025"
 DATA = ["students", "vespa_scores", "question_responses", "academic_years", "school_statistics",
@@ -252,7 +253,7 @@ def test_find_repairs_takes_rows_whose_chunks_have_differing_dictionaries(genera
     """Arrow's hash join refuses a dictionary key whose chunks carry different dictionaries
     ("Unifying differing dictionaries"): at realistic scale the rows and the live rows arrive in
     several batches. The repairs are the same whatever the chunking."""
-    from vespa_lib import rows as rowsmod
+    from vespa_lib.rules import rows as rowsmod
 
     path = tmp_path / "p.duckdb"
     shutil.copyfile(generated / "production.duckdb", path)

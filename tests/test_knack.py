@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vespa_lib import knack
 from vespa_lib.errors import DecodeError
-from vespa_lib.knack import Connection, Decoded, Name
+from vespa_lib.rules import knack
+from vespa_lib.rules.knack import Connection, Decoded, Name
 
 BST = timezone(timedelta(hours=1))
 

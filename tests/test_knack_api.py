@@ -27,9 +27,10 @@ from tests.knack_server import (
     record_10,
     record_29,
 )
-from vespa_lib import fieldmap, knack
 from vespa_lib.errors import ParameterError, TargetError
-from vespa_lib.knack_api import (
+from vespa_lib.ops.privacy import Scrubber
+from vespa_lib.rules import fieldmap, knack
+from vespa_lib.sources.knack_api import (
     KnackClient,
     api_date,
     decode_record_2,
@@ -38,8 +39,7 @@ from vespa_lib.knack_api import (
     decode_record_29,
     to_arrow,
 )
-from vespa_lib.privacy import Scrubber
-from vespa_lib.snapshot import open_snapshot
+from vespa_lib.sources.snapshot import open_snapshot
 
 SCHOOL = (oid(1, 0x61F2C2A3), "Ashford College")
 OTHER = (oid(2, 0x61F2C2A3), "Brook Academy")

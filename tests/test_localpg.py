@@ -1,4 +1,4 @@
-"""vespa_lib.localpg: the throw-away PostgreSQL cluster behind every integration test."""
+"""vespa_lib.sandbox.localpg: the throw-away PostgreSQL cluster behind every integration test."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from vespa_lib import errors, localpg
+from vespa_lib import errors
 from vespa_lib.errors import TargetError
+from vespa_lib.sandbox import localpg
 
 pytestmark = pytest.mark.postgres
 needs_binaries = pytest.mark.skipif(localpg.find_binaries() is None, reason=localpg.HOW_TO_INSTALL)

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from test_plan import EST_A, OLD, desired, seed, students
 
-from vespa_lib import protect
-from vespa_lib.guard import apply_plan
-from vespa_lib.migrations import MIGRATIONS, f2_offending_keys, pending, recorded
-from vespa_lib.plan import plan_changes
+from vespa_lib.write import protect
+from vespa_lib.write.guard import apply_plan
+from vespa_lib.write.migrations import MIGRATIONS, f2_offending_keys, pending, recorded
+from vespa_lib.write.plan import plan_changes
 
 
 @pytest.fixture(params=["duckdb", "postgres"])

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from vespa_lib import runbook
+from vespa_lib.ops import runbook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -107,8 +107,8 @@ def test_runbook_opened_in_jupyterlab_reads_paths_from_the_repository(tmp_path, 
     # JupyterLab starts the kernel in notebooks/; the defaults name paths from the repository root.
     import papermill
 
-    from vespa_lib import synth
-    from vespa_lib.kernel import InterpreterKernelManager
+    from vespa_lib.ops.kernel import InterpreterKernelManager
+    from vespa_lib.sandbox import synth
 
     for name in ("VESPA_ROOT", "VESPA_OUTPUTS", "VESPA_RUN_DIR", "VESPA_RUN_ID", "VESPA_UNATTENDED"):
         monkeypatch.delenv(name, raising=False)

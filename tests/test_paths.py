@@ -9,11 +9,11 @@ applies assert the re-plan is empty; undo asserts every checksum is back.
 One scenario per target, module-scoped, its rows run in order (each a test with an id such as
 ``test_postgres_legacy[import-apply]``); a row whose prerequisite row did not pass is skipped and names
 it. Targets: a DuckDB copy of the damaged synthetic production, the production-shaped PostgreSQL
-(``vespa_lib.prodshape``: owner role not a superuser, decimal(4,2) statistics, row level security) with
+(``vespa_lib.sandbox.prodshape``: owner role not a superuser, decimal(4,2) statistics, row level security) with
 the legacy key unique(email) and with unique(email, academic_year), and ``supabase:URL_VAR,KEY_VAR``
 against the loopback PostgREST (tests/postgrest_server.py), where the runbooks that need a database
 connection are refused with a TargetError. Most rows start ``vespa-ops`` as a subprocess (the
-installed entry point); rows marked ``inproc`` call ``vespa_lib.cli.main``.
+installed entry point); rows marked ``inproc`` call ``vespa_lib.ops.cli.main``.
 """
 
 from __future__ import annotations
@@ -341,8 +341,8 @@ def duck(prodshape_world, tmp_path_factory) -> Scenario:
 
 
 def _prod_clone(pg_server: str, template: str) -> Iterator[tuple[str, str]]:
-    from vespa_lib import prodshape
-    from vespa_lib.localpg import drop_database_on
+    from vespa_lib.sandbox import prodshape
+    from vespa_lib.sandbox.localpg import drop_database_on
 
     name = f"vespa_paths_{uuid.uuid4().hex[:10]}"
     owner = prodshape.clone(pg_server, template, name)

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vespa_lib.errors import ValidationFailed
-from vespa_lib.plan import Desired, plan_changes
-from vespa_lib.schema import create_schema
+from vespa_lib.write.plan import Desired, plan_changes
+from vespa_lib.write.schema import create_schema
 
 EST_A = "00000000-0000-0000-0000-0000000000aa"
 EST_B = "00000000-0000-0000-0000-0000000000bb"
@@ -78,7 +78,7 @@ _ANSWER_SCHEMA = pa.schema([("email", _S), ("academic_year", _S), ("cycle", pa.i
 
 def migrate(con) -> None:
     """Apply pending migrations (PostgreSQL: the archive triggers) through the guard."""
-    from vespa_lib.guard import apply_plan
+    from vespa_lib.write.guard import apply_plan
 
     plan = plan_changes(con, desired([], years=[OLD]))
     if plan.migrations:
@@ -102,7 +102,7 @@ def con(request, duckdb_path):
 
 
 def apply(con, want: Desired, run_id: str, **kw):
-    from vespa_lib.guard import apply_plan
+    from vespa_lib.write.guard import apply_plan
 
     plan = plan_changes(con, want, archived_write_years=kw.get("archived_write_years", ()),
                         archive_years=kw.get("archive_years", ()))
@@ -206,7 +206,7 @@ def test_fingerprint_stable_and_sensitive(con):
 
 
 def test_planning_is_read_only(con):
-    from vespa_lib.guard import table_checksums
+    from vespa_lib.write.guard import table_checksums
 
     tables = ["students", "vespa_scores", "question_responses", "academic_years"]
     before = table_checksums(con, tables)
@@ -218,7 +218,7 @@ def test_planning_is_read_only(con):
 
 
 def _both_ways(con, want: Desired, monkeypatch, **kw):
-    import vespa_lib.classify as classify
+    import vespa_lib.write.classify as classify
 
     fast = plan_changes(con, want, **kw)
     monkeypatch.setattr(classify, "FAST_NOOP", False)
@@ -267,8 +267,8 @@ def test_fast_path_plans_what_classification_plans(con, monkeypatch, case, make,
     ("scores changed", lambda r: desired(r, score=4), {"vespa_scores": 3, "question_responses": 6}),
 ])
 def test_fast_path_stages_only_the_changed_student_groups(con, case, make, staged):
-    from vespa_lib.plan import stage_and_classify
-    from vespa_lib.sql import rolled_back, run
+    from vespa_lib.write.plan import stage_and_classify
+    from vespa_lib.write.sql import rolled_back, run
 
     apply(con, desired(students(OLD, EST_A, 4)), "r1")  # the live slice holds a student the snapshot lacks
     with rolled_back(con):
@@ -315,7 +315,7 @@ def _as_text(row: dict) -> dict:
        edit=st.sampled_from(["same", "value", "drop", "add", "swap"]), pick=st.integers(0, 6), new=_VALUES)
 def test_a_group_is_proven_exactly_when_its_live_rows_equal_its_desired_rows(base, edit, pick, new):
     """The fast path's proof (rowdigest.unchanged_groups) against the definition: same multiset."""
-    from vespa_lib.rowdigest import unchanged_groups
+    from vespa_lib.write.rowdigest import unchanged_groups
 
     want = [{"email": e, "academic_year": OLD, "k": i, "a": v[0], "b": v[1], "c": v[2]} for i, (e, v) in enumerate(base)]
     live = [dict(r) for r in want]

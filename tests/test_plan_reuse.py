@@ -1,4 +1,4 @@
-"""A plan kept in its connection and reused by the guard (vespa_lib.plan.reuse_kept). Real PostgreSQL.
+"""A plan kept in its connection and reused by the guard (vespa_lib.write.plan.reuse_kept). Real PostgreSQL.
 
 Reuse saves planning twice, and must never apply anything but the approved plan against the state it
 was made from: a change behind the plan's back, another plan made in between, or other desired rows
@@ -12,8 +12,8 @@ import pytest
 from test_plan import EST_A, EST_B, OLD, connect, desired, migrate, students
 
 from vespa_lib.errors import GuardRefused
-from vespa_lib.guard import apply_plan, table_checksums
-from vespa_lib.plan import plan_changes
+from vespa_lib.write.guard import apply_plan, table_checksums
+from vespa_lib.write.plan import plan_changes
 
 pytestmark = pytest.mark.postgres
 TABLES = ["students", "vespa_scores", "question_responses", "academic_years"]
@@ -95,8 +95,8 @@ def test_a_rolled_back_plan_in_between_leaves_the_kept_plan_reusable(pg):
 
 def test_keeping_a_plan_that_wrote_to_a_real_table_rolls_it_back(pg, monkeypatch):
     """The commit that keeps the plan tables is guarded: a planner bug that wrote is caught, undone."""
-    from vespa_lib import plan as planmod
     from vespa_lib.errors import VespaError
+    from vespa_lib.write import plan as planmod
 
     real = planmod.stage_and_classify
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vespa_lib import privacy
+from vespa_lib.ops import privacy
 
 DSN = "postgresql://u:S3cretPassw0rd@localhost/db"
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.abcDEF123"

@@ -1,4 +1,4 @@
-"""The production-shaped PostgreSQL fixture (vespa_lib.prodshape) has production's shape, read from the
+"""The production-shaped PostgreSQL fixture (vespa_lib.sandbox.prodshape) has production's shape, read from the
 catalog: a non-superuser owner role, decimal(4,2) statistics, the student key of its variant, row level
 security, production's extra columns, and the damaged history with the old system's current year."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from vespa_lib import prodshape
+from vespa_lib.sandbox import prodshape
 
 pytestmark = pytest.mark.postgres
 

@@ -12,7 +12,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from vespa_lib import knack, profile, snapshot, synth
+from vespa_lib import profile
+from vespa_lib.rules import knack
+from vespa_lib.sandbox import synth
+from vespa_lib.sources import snapshot
 
 SCORE_HEADERS = [f"field_{n}" for n in (*range(147, 153), *range(155, 173))]
 
@@ -206,7 +209,7 @@ def test_profile_without_database_reports_no_match(tmp_path):
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_csv_profile_runbook_passes_on_generated_data(generated, tmp_path):
-    from vespa_lib import cli
+    from vespa_lib.ops import cli
 
     out = generated[0]
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"

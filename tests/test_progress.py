@@ -23,10 +23,11 @@ import duckdb
 import nbformat
 import pytest
 
-from vespa_lib import sections, synth
-from vespa_lib.guard import apply_plan
-from vespa_lib.plan import Desired, plan_changes
-from vespa_lib.synth.fresh import generate_fresh_export
+from vespa_lib.ops import sections
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.fresh import generate_fresh_export
+from vespa_lib.write.guard import apply_plan
+from vespa_lib.write.plan import Desired, plan_changes
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
@@ -185,7 +186,7 @@ def test_a_refused_apply_names_the_apply_section_and_the_evidence(sync_runs):
 def _bar_notebook(path: Path, snapshot_dir: Path) -> None:
     """A notebook reading the snapshot (a long step of the library), as a person would in JupyterLab."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
-        f"from vespa_lib import snapshot\nsnap = snapshot.open_snapshot({str(snapshot_dir)!r})\n"
+        f"from vespa_lib.sources import snapshot\nsnap = snapshot.open_snapshot({str(snapshot_dir)!r})\n"
         "from tqdm.auto import tqdm\nprint(*[c.__module__ for c in tqdm.__mro__])")])
     nbformat.write(nb, path)
 
@@ -196,7 +197,7 @@ def test_library_steps_draw_notebook_bars_interactively_and_nothing_unattended(w
                                                                                unattended):
     import papermill
 
-    from vespa_lib.kernel import InterpreterKernelManager
+    from vespa_lib.ops.kernel import InterpreterKernelManager
 
     monkeypatch.delenv("VESPA_UNATTENDED", raising=False)
     if unattended:

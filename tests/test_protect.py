@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from test_plan import CUR, EST_A, OLD, apply, connect, desired, migrate, students
 
-from vespa_lib.guard import table_checksums
+from vespa_lib.write.guard import table_checksums
 
 pytestmark = pytest.mark.postgres
 DATA = ["students", "vespa_scores", "question_responses", "academic_years", "school_statistics",
@@ -26,7 +26,7 @@ def archived(pg_dsn):
     migrate(con)
     apply(con, desired(students(CUR, EST_A, 2), years=[CUR]), "cur")
 
-    def stats(connection, dialect, years, establishment_ids):  # a stand-in for vespa_lib.stats
+    def stats(connection, dialect, years, establishment_ids):  # a stand-in for vespa_lib.rules.stats
         for year in years:
             connection.execute("INSERT INTO national_statistics (cycle, academic_year, element, mean, count, "
                                 f"distribution) VALUES (1, %s, 'vision', 5, 2, {DIST})", [year])

@@ -8,10 +8,10 @@ from datetime import date, timedelta
 
 import pytest
 
-from vespa_lib import snapshot
-from vespa_lib.rehearsal import calendar, changes
-from vespa_lib.rehearsal.__main__ import rehearse, summary_line, violations
-from vespa_lib.rehearsal.world import KnackWorld, year_label
+from vespa_lib.sandbox.rehearsal import calendar, changes
+from vespa_lib.sandbox.rehearsal.__main__ import rehearse, summary_line, violations
+from vespa_lib.sandbox.rehearsal.world import KnackWorld, year_label
+from vespa_lib.sources import snapshot
 
 
 def test_compressed_calendar_has_every_night_of_the_key_weeks_and_weekly_nights_elsewhere():
@@ -35,7 +35,7 @@ def test_year_label_is_the_uk_year_or_the_calendar_year():
 def world(tmp_path_factory):
     import duckdb
 
-    from vespa_lib.rehearsal import setup
+    from vespa_lib.sandbox.rehearsal import setup
 
     folder = setup.generate_world(tmp_path_factory.mktemp("rehearsal_world") / "world")
     con = duckdb.connect(str(folder / "production.duckdb"), read_only=True)
@@ -86,7 +86,7 @@ def _edit_one_uk_score(export, day_range=("2025-09-01", "2025-11-30")):
     """Knack edits one UK student's cycle 1 vision (a record dated in the autumn, one cycle taken)."""
     import csv
 
-    from vespa_lib.rehearsal.world import O10, parse_day
+    from vespa_lib.sandbox.rehearsal.world import O10, parse_day
 
     (path,) = export.glob("FullObject_10_*.csv")
     with path.open(encoding="utf-8-sig", newline="") as fh:
@@ -115,7 +115,7 @@ def test_january_close_is_ready_although_the_next_nights_sync_changed_the_runnin
     of calendar year 2025/2025 must still find its last sync clean (only the closing year compared)."""
     import shutil
 
-    from vespa_lib.rehearsal.ops import STEP_STATUSES, Ops
+    from vespa_lib.sandbox.rehearsal.ops import STEP_STATUSES, Ops
 
     db, ops = prod_pg_legacy, Ops(tmp_path / "outputs", prod_pg_legacy.owner_dsn)
     common = {"snapshot_dir": str(db.world / "snapshot"), "backup_dir": str(tmp_path / "backups")}
@@ -147,7 +147,8 @@ def test_cohort_check_passes_when_no_student_is_in_two_years(duckdb_path):
     validation failed with KeyError 'later_year_dated' instead of passing cohort_in_one_year."""
     import duckdb
 
-    from vespa_lib import schema, transition
+    from vespa_lib import transition
+    from vespa_lib.write import schema
 
     con = duckdb.connect(str(duckdb_path))
     schema.create_schema(con)
@@ -161,7 +162,7 @@ def test_dashboard_comparison_accepts_a_value_missing_on_both_sides():
     but no answers yet) made the dashboard check fail with TypeError instead of comparing equal."""
     import pandas as pd
 
-    from vespa_lib.transition_dashboard import _compare
+    from vespa_lib.transition.dashboard import _compare
 
     db = pd.DataFrame([{"cycle": 1, "element": "vision", "mean": 5.5, "eri_score": None}])
     ref = pd.DataFrame([{"cycle": 1, "element": "vision", "mean": 5.5, "eri_score": None}])

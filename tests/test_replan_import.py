@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from vespa_lib import importer, synth
+from vespa_lib import importer
+from vespa_lib.sandbox import synth
 
 YEAR = "2024/2025"
 

@@ -1,4 +1,4 @@
-"""vespa_lib.report: cells, tables, the facts of a run and its state, as a reviewer reads them."""
+"""vespa_lib.ops.report: cells, tables, the facts of a run and its state, as a reviewer reads them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vespa_lib import report
+from vespa_lib.ops import report
 
 
 @pytest.mark.parametrize(("value", "plain", "expected"), [

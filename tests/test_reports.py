@@ -11,7 +11,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vespa_lib import cli, synth
+from vespa_lib.ops import cli
+from vespa_lib.sandbox import synth
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from vespa_lib.errors import TargetError
-from vespa_lib.rest import RestReader
+from vespa_lib.sources.rest import RestReader
 
 URL = "https://abcdefgh.supabase.co"
 KEY = "sb-secret-KEY-3f9c2a7b1e"

@@ -1,6 +1,6 @@
 """The Supabase REST path against a loopback PostgREST over a real PostgreSQL (tests/postgrest_server.py).
 
-The reader (``vespa_lib.rest``) and the audit runbook end to end through ``vespa-ops run audit`` with
+The reader (``vespa_lib.sources.rest``) and the audit runbook end to end through ``vespa-ops run audit`` with
 ``target=supabase:URL_VAR,KEY_VAR``: the 1,000-row cap, exact counts, 206/416, 401 "JWT expired"
 with the table and the server's message, filters with reserved characters, and the checks REST
 cannot evaluate (keys, RLS) reported as not run.
@@ -15,11 +15,12 @@ import psycopg
 import pytest
 from postgrest_server import EXPIRED_KEY, KEY, PostgRESTServer
 
-from vespa_lib import cli, synth
 from vespa_lib.errors import TargetError
-from vespa_lib.rest import RestReader
-from vespa_lib.synth.postgres import load_into_postgres
-from vespa_lib.targets import open_target
+from vespa_lib.ops import cli
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.postgres import load_into_postgres
+from vespa_lib.sources.rest import RestReader
+from vespa_lib.sources.targets import open_target
 
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[1]

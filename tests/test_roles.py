@@ -28,8 +28,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from test_plan import CUR, EST_A, OLD, apply, desired, migrate, seed, students
 
-from vespa_lib.guard import table_checksums
-from vespa_lib.localpg import create_database_on, drop_database_on, dsn_with_dbname
+from vespa_lib.sandbox.localpg import create_database_on, drop_database_on, dsn_with_dbname
+from vespa_lib.write.guard import table_checksums
 
 pytestmark = pytest.mark.postgres
 DATA = ["students", "vespa_scores", "question_responses", "academic_years", "school_statistics",

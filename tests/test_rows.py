@@ -15,11 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vespa_lib import rows_sql, synth
 from vespa_lib.errors import ParameterError
-from vespa_lib.knack import q29_from_percentage
-from vespa_lib.rows import QUARANTINE_REASONS, ImportRows, _answer_row, build_rows
-from vespa_lib.snapshot import open_snapshot
+from vespa_lib.rules import rows_sql
+from vespa_lib.rules.knack import q29_from_percentage
+from vespa_lib.rules.rows import QUARANTINE_REASONS, ImportRows, _answer_row, build_rows
+from vespa_lib.sandbox import synth
+from vespa_lib.sources.snapshot import open_snapshot
 
 YEAR = "2024/2025"
 O10_FILE = "FullObject_10_2025.csv"

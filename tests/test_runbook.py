@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vespa_lib import runbook
 from vespa_lib.errors import ParameterError, ValidationFailed, VespaError
+from vespa_lib.ops import runbook
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SELFTEST = FIXTURES / "notebooks" / "selftest.ipynb"

@@ -1,4 +1,4 @@
-"""vespa_lib.schema: rendering, creation on DuckDB and PostgreSQL, and every key and check enforced."""
+"""vespa_lib.write.schema: rendering, creation on DuckDB and PostgreSQL, and every key and check enforced."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from vespa_lib import schema
 from vespa_lib.errors import SchemaError
-from vespa_lib.localpg import create_database_on, drop_database_on, dsn_with_dbname
+from vespa_lib.sandbox.localpg import create_database_on, drop_database_on, dsn_with_dbname
+from vespa_lib.write import schema
 
 DIALECTS = [pytest.param("duckdb", id="duckdb"),
             pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)]

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vespa_lib import fieldmap, scores
 from vespa_lib.errors import DecodeError
+from vespa_lib.rules import fieldmap, scores
 
 # docs/DOMAIN.md, “Scores” worked example: cycle 1, completed 22/09/2025 09:42.
 EXAMPLE = {

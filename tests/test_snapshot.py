@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vespa_lib import snapshot
 from vespa_lib.errors import SnapshotError
+from vespa_lib.sources import snapshot
 
 O6_HEAD = ["id", "field_91_email", "field_90_full", "field_179"]
 O10_HEAD = ["id", "field_197_email", "field_187_full", "field_855_date", "field_155", "field_2302", "extra"]

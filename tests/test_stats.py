@@ -1,4 +1,4 @@
-"""Statistics recomputed in the database (vespa_lib.stats) against an independent Python computation,
+"""Statistics recomputed in the database (vespa_lib.rules.stats) against an independent Python computation,
 on a real DuckDB file and a real PostgreSQL (docs/DOMAIN.md, “Production schema”; F9, F13, F15, F16)."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vespa_lib import schema, stats
 from vespa_lib.errors import GuardRefused, ParameterError
-from vespa_lib.schema import create_schema
-from vespa_lib.scores import OUTCOME_QUESTIONS
+from vespa_lib.rules import stats
+from vespa_lib.rules.scores import OUTCOME_QUESTIONS
+from vespa_lib.write import schema
+from vespa_lib.write.schema import create_schema
 
 Y24, Y25, Y23 = "2024/2025", "2025/2026", "2023/2024"
 SCORES = stats.SCORE_ELEMENTS

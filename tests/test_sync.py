@@ -17,13 +17,14 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from vespa_lib import rows as rowsmod
-from vespa_lib import sync, synth
+from vespa_lib import sync
 from vespa_lib.errors import ParameterError
-from vespa_lib.guard import apply_plan, table_checksums
-from vespa_lib.plan import Desired, plan_changes
-from vespa_lib.sync_source import open_source
-from vespa_lib.synth.fresh import generate_fresh_export
+from vespa_lib.rules import rows as rowsmod
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.fresh import generate_fresh_export
+from vespa_lib.sync.source import open_source
+from vespa_lib.write.guard import apply_plan, table_checksums
+from vespa_lib.write.plan import Desired, plan_changes
 
 AS_OF = date(2026, 3, 15)
 YEAR, OLD, CAL = "2025/2026", "2024/2025", "2026/2026"
@@ -338,7 +339,7 @@ def test_bad_sources_are_refused(source, db):
 def test_kept_rows_get_canonical_labels(stored, expected_labels, relabelled, dropped, conflicts):
     import pyarrow as pa
 
-    from vespa_lib import sync_checks
+    from vespa_lib.sync import checks as sync_checks
 
     t = pa.table({"email": ["a@x.uk"] * len(stored), "academic_year": stored, "cycle": ["1"] * len(stored),
                   "question_id": ["q1"] * len(stored), "response_value": ["3"] * len(stored)})
@@ -352,7 +353,7 @@ def test_kept_rows_get_canonical_labels(stored, expected_labels, relabelled, dro
 def test_a_conflicting_misspelt_duplicate_is_kept_and_refuses_the_sync():
     import pyarrow as pa
 
-    from vespa_lib import sync_checks
+    from vespa_lib.sync import checks as sync_checks
 
     t = pa.table({"email": ["a@x.uk"] * 2, "academic_year": ["2025-26", "2025/2026"], "cycle": ["1", "1"],
                   "question_id": ["q1", "q1"], "response_value": ["3", "4"]})
@@ -387,7 +388,7 @@ def ops_sync(outputs: Path, source: str, target: str, *overrides: str) -> dict:
     manifest plus ``exit`` (its exit code), ``folder`` (its evidence) and ``plan`` (the saved plan)."""
     import json
 
-    from vespa_lib import cli
+    from vespa_lib.ops import cli
 
     code = cli.main(["--notebooks", str(REPO / "notebooks"), "--outputs", str(outputs), "run", "sync_check",
                      "-f", str(DEMO_PARAMS), "-p", f"source={source}", "-p", f"target={target}",
@@ -421,7 +422,7 @@ def test_plan_mode_through_vespa_ops_writes_nothing_and_apply_takes_its_fingerpr
     """`mode: plan` (the default, read-only) on DuckDB: the file stays byte-identical, the evidence holds
     the plan and its fingerprint, no ledger row is written; `mode: apply` with that fingerprint applies
     exactly that plan."""
-    from vespa_lib.files import sha256_of
+    from vespa_lib.ops.files import sha256_of
 
     target = tmp_path / "p.duckdb"
     shutil.copy(world / "production.duckdb", target)
@@ -451,7 +452,7 @@ def test_plan_mode_through_vespa_ops_writes_nothing_and_apply_takes_its_fingerpr
 def test_an_empty_nightly_sync_records_no_changes_and_counts_as_a_night_the_sync_ran(world, db, tmp_path):
     """A policy run whose plan changes nothing leaves a "no changes" ledger row, not "applied"; the
     year_transition checks read it as a night the sync ran and as the year's last sync."""
-    from vespa_lib import transition_checks
+    from vespa_lib.transition import checks as transition_checks
 
     sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
     assert sync.apply_sync(db, sp, approve=sp.fingerprint, run_id="night0", actor="pytest").status == "applied"

@@ -22,9 +22,12 @@ import duckdb
 import pytest
 
 from tests.knack_server import API_KEY, APP_ID, FakeKnack, forbid_network, record_6, record_10, record_29
-from vespa_lib import fieldmap, knack_api, sync, synth
-from vespa_lib.guard import apply_plan
-from vespa_lib.plan import Desired, plan_changes
+from vespa_lib import sync
+from vespa_lib.rules import fieldmap
+from vespa_lib.sandbox import synth
+from vespa_lib.sources import knack_api
+from vespa_lib.write.guard import apply_plan
+from vespa_lib.write.plan import Desired, plan_changes
 
 AS_OF = date(2026, 3, 15)
 YEAR, OLD = "2025/2026", "2024/2025"

@@ -10,11 +10,12 @@ import psycopg
 import pytest
 from test_audit import load_into_postgres
 
-from vespa_lib import sync, synth
-from vespa_lib.guard import apply_plan
-from vespa_lib.plan import Desired, plan_changes
-from vespa_lib.sql import checksum_expr, row_text_expr
-from vespa_lib.synth.fresh import generate_fresh_export
+from vespa_lib import sync
+from vespa_lib.sandbox import synth
+from vespa_lib.sandbox.synth.fresh import generate_fresh_export
+from vespa_lib.write.guard import apply_plan
+from vespa_lib.write.plan import Desired, plan_changes
+from vespa_lib.write.sql import checksum_expr, row_text_expr
 
 pytestmark = pytest.mark.postgres
 
@@ -94,7 +95,7 @@ def footprint(dsn: str, open_con) -> dict:
     (a session reports its counters as it ends); ``open_con`` is made to report its own first."""
     import time
 
-    from vespa_lib.guard import table_checksums
+    from vespa_lib.write.guard import table_checksums
 
     open_con.execute("SELECT pg_stat_force_next_flush()")  # reported before the statement returns
     with psycopg.connect(dsn, autocommit=True) as con:

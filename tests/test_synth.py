@@ -1,7 +1,7 @@
 """The synthetic snapshot generator and the demo summary (docs/DOMAIN.md, “Reading the files”; docs/DOMAIN.md, “The system”).
 
 Files are parsed independently (Python's csv module, DuckDB), never through the generator's own
-bookkeeping; the truth file is re-derived with ``vespa_lib.years`` and ``vespa_lib.knack``.
+bookkeeping; the truth file is re-derived with ``vespa_lib.rules.years`` and ``vespa_lib.rules.knack``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vespa_lib import knack, years
-from vespa_lib.demo import database_summary, snapshot_summary, step_generate
 from vespa_lib.errors import ParameterError
-from vespa_lib.synth import generate
+from vespa_lib.rules import knack, years
+from vespa_lib.sandbox.demo import database_summary, snapshot_summary, step_generate
+from vespa_lib.sandbox.synth import generate
 
 N = "2024/2025"
 ELEMENTS = ("vision", "effort", "systems", "practice", "attitude", "overall")

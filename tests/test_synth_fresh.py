@@ -1,8 +1,8 @@
 """The fresh export of the current year and its truth file.
 
 Checked independently of the generator's bookkeeping: the export is parsed with Python's csv
-module and decoded with ``vespa_lib.knack``; the database is queried with DuckDB SQL; the import
-row builder (``vespa_lib.rows``) reads the export as the sync will.
+module and decoded with ``vespa_lib.rules.knack``; the database is queried with DuckDB SQL; the import
+row builder (``vespa_lib.rules.rows``) reads the export as the sync will.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from vespa_lib import knack, years
 from vespa_lib.errors import ParameterError, SnapshotError
-from vespa_lib.rows import build_rows
-from vespa_lib.snapshot import open_snapshot
-from vespa_lib.synth import generate, generate_fresh_export
+from vespa_lib.rules import knack, years
+from vespa_lib.rules.rows import build_rows
+from vespa_lib.sandbox.synth import generate, generate_fresh_export
+from vespa_lib.sources.snapshot import open_snapshot
 
 N, CAL = "2025/2026", "2026/2026"
 TAG = "2026-03-15"

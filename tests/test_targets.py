@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from test_rest import FakePostgREST, student_rows
 
 from vespa_lib.errors import ParameterError, TargetError, VespaError
-from vespa_lib.targets import (
+from vespa_lib.sources.targets import (
     TargetSpec,
     open_target,
     parse_target,

@@ -12,10 +12,12 @@ import pytest
 from test_plan import EST_B, students
 from transition_data import AS_OF, CUR, DATA, NEXT, OLD, build, history
 
-from vespa_lib import cli, stats, transition
+from vespa_lib import transition
 from vespa_lib.errors import GuardRefused, ParameterError
-from vespa_lib.guard import apply_undo, plan_undo, table_checksums
-from vespa_lib.plan import Desired, plan_changes
+from vespa_lib.ops import cli
+from vespa_lib.rules import stats
+from vespa_lib.write.guard import apply_undo, plan_undo, table_checksums
+from vespa_lib.write.plan import Desired, plan_changes
 
 NOTEBOOKS = __import__("pathlib").Path(__file__).resolve().parents[1] / "notebooks"
 CHECKS = ["archived_counts_match_ledger", "current_year_matches_last_sync", "archived_rows_marked_and_protected",

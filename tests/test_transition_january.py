@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from transition_data import build
 
-from vespa_lib import cli
+from vespa_lib.ops import cli
 
 pytestmark = [pytest.mark.notebook]
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

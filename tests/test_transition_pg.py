@@ -17,8 +17,8 @@ from transition_data import AS_OF, CUR, DATA, NEXT, OLD, build, guarded, history
 
 from vespa_lib import transition
 from vespa_lib.errors import ParameterError
-from vespa_lib.guard import apply_undo, plan_undo, table_checksums
-from vespa_lib.plan import Desired
+from vespa_lib.write.guard import apply_undo, plan_undo, table_checksums
+from vespa_lib.write.plan import Desired
 
 pytestmark = pytest.mark.postgres
 TESTS = Path(__file__).parent

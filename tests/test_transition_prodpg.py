@@ -1,4 +1,4 @@
-"""The yearly path on a production-shaped PostgreSQL (vespa_lib.prodshape), driven the way an operator
+"""The yearly path on a production-shaped PostgreSQL (vespa_lib.sandbox.prodshape), driven the way an operator
 drives it: ``vespa-ops run import`` plan → approve the fingerprint from the run's manifest → apply,
 ``vespa-ops run sync_check`` with its fingerprint, then ``year_transition`` validation and the 1 August
 rollover (plan → approve). The runbooks log in as the non-superuser owner role.
@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from vespa_lib import prodshape
-from vespa_lib.localpg import drop_database_on
+from vespa_lib.sandbox import prodshape
+from vespa_lib.sandbox.localpg import drop_database_on
 
 pytestmark = [pytest.mark.postgres, pytest.mark.notebook, pytest.mark.slow]
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ TARGET = f"postgres:{DSN_VAR}"
 
 def vespa_ops(outputs: Path, dsn: str, runbook: str, **params) -> tuple[int, dict, list[str]]:
     """One real ``vespa-ops run`` process; (exit code, manifest, stdout lines)."""
-    argv = [sys.executable, "-m", "vespa_lib.cli", "--notebooks", str(REPO / "notebooks"), "--outputs", str(outputs),
+    argv = [sys.executable, "-m", "vespa_lib.ops.cli", "--notebooks", str(REPO / "notebooks"), "--outputs", str(outputs),
             "run", runbook, "-f", str(REPO / "params" / "demo" / f"{runbook}.yaml")]
     argv += [f"-p{k}={json.dumps(v)}" for k, v in params.items()]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=900,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vespa_lib import years
 from vespa_lib.errors import YearError
+from vespa_lib.rules import years
 
 LONDON = ZoneInfo("Europe/London")
 dates = st.dates(min_value=date(1901, 1, 1), max_value=date(2998, 12, 31))

@@ -12,10 +12,10 @@ from datetime import date
 import pyarrow as pa
 from test_plan import _ANSWER_SCHEMA, _SCORE_SCHEMA, _STUDENT_SCHEMA, EST_A, EST_B, migrate, seed, students
 
-from vespa_lib.guard import apply_plan
-from vespa_lib.plan import Desired, plan_changes
-from vespa_lib.scores import OUTCOME_QUESTIONS
+from vespa_lib.rules.scores import OUTCOME_QUESTIONS
 from vespa_lib.sync import recompute_statistics
+from vespa_lib.write.guard import apply_plan
+from vespa_lib.write.plan import Desired, plan_changes
 
 OLD, CUR, NEXT = "2024/2025", "2025/2026", "2026/2027"
 CAL_OLD, CAL_CUR = "2024/2024", "2025/2025"

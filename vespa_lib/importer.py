@@ -3,7 +3,7 @@ verify, reconcile. ``notebooks/import.ipynb`` calls these one step per cell.
 
     open_import(target, read_only)        a connection the guard can plan (and apply) on
     preflight(snapshot_dir, target)       the csv_profile blockers and fallbacks (read-only)
-    import_rows(...)                      the year's rows and quarantine (vespa_lib.rows; read-only)
+    import_rows(...)                      the year's rows and quarantine (vespa_lib.rules.rows; read-only)
     desired_for(rows, con, year, scope)   the guard's Desired: the year's labels, the F16 scope
     rehearse(...)                         a sample planned; on DuckDB applied to a throw-away copy
     find_repairs(con, rows, labels, ests) F8 cross-year duplicates and kept rows of the year (read-only)
@@ -12,7 +12,7 @@ verify, reconcile. ``notebooks/import.ipynb`` calls these one step per cell.
     reconcile(con, desired)               source against target key by key (read-only)
 
 Only ``apply_import`` (and ``rehearse`` on its throw-away copy) writes, and only through
-``vespa_lib.guard``: pending migrations are applied as their own guarded run (run id ``<id>-m``),
+``vespa_lib.write.guard``: pending migrations are applied as their own guarded run (run id ``<id>-m``),
 then the data plan is applied with statistics recomputed and the quarantine stored in
 ``vespa_ops.quarantine`` inside the same transaction. Refusals come back as an ``ImportOutcome``
 with the reason (nothing written), so the runbook records a failed check instead of crashing.
@@ -55,15 +55,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vespa_lib import duckwork, guard, privacy, stats, targets, years
-from vespa_lib import plan as planmod
-from vespa_lib import rows as rowsmod
-from vespa_lib.classify import live_sql
 from vespa_lib.errors import GuardRefused, ParameterError, VespaError
+from vespa_lib.ops import privacy
 from vespa_lib.profile import Profile, profile_snapshot
-from vespa_lib.schema import WORKBOOK_SCHEMA, dialect_of
-from vespa_lib.snapshot import Snapshot, open_snapshot
-from vespa_lib.sql import in_list, q, run
+from vespa_lib.rules import rows as rowsmod
+from vespa_lib.rules import stats, years
+from vespa_lib.sources import duckwork, targets
+from vespa_lib.sources.snapshot import Snapshot, open_snapshot
+from vespa_lib.write import guard
+from vespa_lib.write import plan as planmod
+from vespa_lib.write.classify import live_sql
+from vespa_lib.write.schema import WORKBOOK_SCHEMA, dialect_of
+from vespa_lib.write.sql import in_list, q, run
 
 __all__ = ["RUNBOOK", "ImportOutcome", "Rehearsal", "Repairs", "actor", "find_repairs", "repair_complete",
            "repair_desired", "repairs_for", "applied_matches_plan", "archive_labels",
@@ -132,7 +135,7 @@ def preflight(snapshot_dir: str | Path, target: targets.Target) -> tuple[Snapsho
 
 def import_rows(snap: Snapshot, academic_year: str, target: targets.Target, *, convert_q29_percentage: bool,
                 establishment_scope: list[str] | None, late_cycles_only: bool = False) -> rowsmod.ImportRows:
-    """The year's rows by the rule chains (``vespa_lib.rows.build_rows``). Read-only. ``late_cycles_only``:
+    """The year's rows by the rule chains (``vespa_lib.rules.rows.build_rows``). Read-only. ``late_cycles_only``:
     only the late cycles continuing a cohort of the year (docs/DOMAIN.md, "Cohort rule across 1 August")."""
     return rowsmod.build_rows(snap, academic_year, target, convert_q29_percentage=convert_q29_percentage,
                               establishment_scope=establishment_scope or None, late_cycles_only=late_cycles_only)
@@ -178,7 +181,7 @@ def desired_for(rows: rowsmod.ImportRows, con: Any, academic_year: str,
                 establishment_scope: list[str] | None = None, repairs: Repairs | None = None) -> planmod.Desired:
     """The guard's desired rows: the three tables, the import's labels, the establishment scope; with
     ``repairs``, plus the year's live rows the snapshot does not contradict (kept, planned unchanged)."""
-    from vespa_lib.sync_checks import concat  # noqa: PLC0415 - cast to the desired schema, NULL elsewhere
+    from vespa_lib.sync.checks import concat  # noqa: PLC0415 - cast to the desired schema, NULL elsewhere
 
     tables = {"students": rows.students, "vespa_scores": rows.vespa_scores,
               "question_responses": rows.question_responses}
@@ -247,7 +250,7 @@ def _variants(con: Any, labels: list[str]) -> list[str]:
 
 def _live_rows(con: Any, spec: planmod.TableSpec, labels: list[str], ests: list[str] | None) -> pa.Table:
     """Live rows of ``labels`` with natural keys, compared columns, and ``_f8`` / ``_cross`` flags."""
-    from vespa_lib.sync_checks import fetch_arrow  # noqa: PLC0415 - one Arrow reader for both dialects
+    from vespa_lib.sync.checks import fetch_arrow  # noqa: PLC0415 - one Arrow reader for both dialects
 
     cols = [c for c in (*spec.keys, *spec.compared) if c not in ("email", "academic_year")]
     sel = ", ".join(f"CAST(t.{q(c)} AS TEXT) AS {q(c)}" if spec.types[c] == "UUID"
@@ -298,7 +301,7 @@ def _typed(live: pa.Table, like: pa.Table, keys: tuple[str, ...], compared: tupl
 
 def _missing_from(rows: pa.Table, keys_of: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     """The rows of ``rows`` whose natural key is not in ``keys_of``: an anti-join in a capped DuckDB work
-    connection (``vespa_lib.duckwork``). Not Arrow's hash join: it refuses a dictionary-encoded key whose
+    connection (``vespa_lib.sources.duckwork``). Not Arrow's hash join: it refuses a dictionary-encoded key whose
     chunks carry different dictionaries ("Unifying differing dictionaries"), which is what the answers
     are at realistic scale (read in batches, cast chunk by chunk), and it is 4x slower on a million
     answers. The rows keep their order in ``rows``: a parallel join's output order varies from run to
@@ -457,7 +460,7 @@ def write_quarantine(con: Any, quarantine: pa.Table, run_id: str) -> int:
 def _hook(quarantine: pa.Table, run_id: str, post: dict | None = None) -> Callable:
     """Inside the guard's transaction: statistics of the touched benchmark years, then the quarantine,
     then (into ``post``) each label's rows per table and per score cycle right after the merge."""
-    from vespa_lib.transition_ledger import live_counts  # noqa: PLC0415 - one definition of "year counts"
+    from vespa_lib.transition.ledger import live_counts  # noqa: PLC0415 - one definition of "year counts"
 
     def hook(con: Any, dialect: str, labels: list[str], establishment_ids: list[str] | None) -> None:
         benchmark = sorted({years.benchmark_year(y) if years.is_calendar_label(y) else y for y in labels})

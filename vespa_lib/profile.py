@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from . import fieldmap, knack
-from .snapshot import FILLED, Snapshot
-from .years import uk_year_sql
+from vespa_lib.rules import fieldmap, knack
+from vespa_lib.rules.years import uk_year_sql
+from vespa_lib.sources.snapshot import FILLED, Snapshot
 
 __all__ = ["Profile", "profile_snapshot", "snapshot_year_of", "DATE_FORMATS", "METHODS"]
 
@@ -106,7 +106,7 @@ def _read_db(db, table: str, cols: list[str]) -> pa.Table:
     if db is None:
         return pa.table({c: pa.array([], pa.bool_() if c.startswith(("is_", "use_")) else pa.string())
                          for c in cols})
-    if hasattr(db, "read_table"):  # a vespa_lib.targets.Target
+    if hasattr(db, "read_table"):  # a vespa_lib.sources.targets.Target
         return db.read_table(table, columns=cols)
     return db.sql(f"SELECT {', '.join(cols)} FROM {table}").to_arrow_table()
 

@@ -1,0 +1,1 @@
+"""The runbook engine and its evidence: papermill runs, `vespa-ops`, manifests, reports, privacy."""

@@ -1,0 +1,1 @@
+"""The data rules: academic years, Knack decoding, scores, the field map, statistics, rows."""

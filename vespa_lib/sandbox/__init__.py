@@ -1,0 +1,1 @@
+"""Synthetic worlds and throw-away servers: the synthetic snapshot, local PostgreSQL, the demo."""

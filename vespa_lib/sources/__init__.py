@@ -1,0 +1,1 @@
+"""Reading inputs and targets: snapshots, the Knack API, DuckDB / PostgreSQL / Supabase REST."""
