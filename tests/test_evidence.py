@@ -216,8 +216,12 @@ def test_index_tells_running_from_interrupted(tmp_path):
     import os
 
     outputs = tmp_path / "outputs"
+    from datetime import datetime
+
+    # started now: a run still "running" after a day is shown as interrupted whatever its process
     alive = evidence.start_manifest(evidence.new_run_dir(outputs, "demo", run_id="a1")[1], runbook="demo",
-                                    run_id="a1", parameters={}, started_at=STARTED, scrubber=privacy.Scrubber([]))
+                                    run_id="a1", parameters={}, started_at=datetime.now().astimezone(),
+                                    scrubber=privacy.Scrubber([]))
     assert alive["status"] == "running" and alive["pid"] == os.getpid()
     dead_dir = evidence.new_run_dir(outputs, "demo", run_id="d1", now=STARTED)[1]
     dead = evidence.start_manifest(dead_dir, runbook="demo", run_id="d1", parameters={}, started_at=STARTED,
