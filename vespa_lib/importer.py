@@ -492,7 +492,8 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
     current = planned if planned is not None and not planned.is_empty else plan_import(con, desired, archive, repairs)
     if current.migrations:
         result, reason = _guarded(lambda: guard.apply_plan(con, desired, approve=approve, run_id=f"{run_id}-m",
-                                                           recompute=False, archive_years=archive, **common))
+                                                           recompute=False, archive_years=archive,
+                                                           archived_write_years=archive, **common))  # as planned
         if result is None:
             return ImportOutcome("refused", reason)
         migrations = result.migrations
