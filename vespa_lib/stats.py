@@ -239,10 +239,28 @@ def _stage(con: Any, dialect: str, labels: dict[str, tuple[str, bool]],
                              (_TEMP[NATIONAL], _new_rows_sql(dialect, NATIONAL), [])):
         _execute(con, dialect, f"DROP TABLE IF EXISTS {name}")
         _execute(con, dialect, f"CREATE TEMP TABLE {name} AS {body}", args)
+    if dialect == "postgres":
+        for table in (SCHOOL, NATIONAL):
+            _as_stored(con, table)
     if establishment_ids is not None:
         ids = ", ".join("CAST(? AS UUID)" for _ in establishment_ids)
         _execute(con, dialect, f"DELETE FROM {_TEMP[SCHOOL]} WHERE establishment_id NOT IN ({ids})",
                  establishment_ids)
+
+
+def _as_stored(con: Any, table: str) -> None:
+    """PostgreSQL: give the staged values of ``table`` the live columns' numeric types, rounded as an
+    insert would store them (production keeps statistics as decimal(4,2)). Compared unrounded, an
+    unchanged statistic always differed, so every recompute rewrote it, an archived year's too, which
+    the archive protection refuses."""
+    types = dict(_execute(con, "postgres", "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                                           "WHERE a.attrelid = CAST(? AS regclass) AND a.attnum > 0 "
+                                           "AND NOT a.attisdropped", [table]).fetchall())
+    for column in _VALUES[table]:
+        kind = types.get(column, "")
+        if kind.startswith("numeric("):  # identifiers and types from the catalog, not from input
+            _execute(con, "postgres", f"ALTER TABLE {_TEMP[table]} ALTER COLUMN {column} TYPE {kind} "
+                                      f"USING CAST({column} AS {kind})")
 
 
 def _counts(con: Any, dialect: str, table: str, requested: list[str]) -> dict[str, int]:
