@@ -93,8 +93,9 @@ UNION ALL SELECT {keys}, '{ERI}' AS element, x, 3 AS scale, CAST(floor((x + 1) /
     return sql, [*params, TEST_PATTERN, *OUTCOME_QUESTIONS]
 
 
-def _aggregate_sql(dialect: str, group: tuple[str, ...]) -> str:
-    """Per-group moments over ``_stats_values``; two passes so skewness is exact for small spreads."""
+def _aggregate_sql(dialect: str, group: tuple[str, ...], extra: str = "") -> str:
+    """Per-group moments over ``_stats_values``; two passes so skewness is exact for small spreads.
+    ``extra``: more aggregate columns (``expr AS name, ``)."""
     g = ", ".join(group)
     on = " AND ".join(f"v.{c} = m.{c}" for c in (*group, "element"))
     dist = ", ".join(f"COUNT(*) FILTER (WHERE bucket = {k})" for k in range(1, 11))  # DOMAIN.md §6
@@ -103,7 +104,7 @@ def _aggregate_sql(dialect: str, group: tuple[str, ...]) -> str:
     return f"""WITH m AS (SELECT {g}, element, AVG(CAST(x AS DOUBLE PRECISION)) AS mx
            FROM _stats_values GROUP BY {g}, element),
 d AS (SELECT v.*, CAST(v.x AS DOUBLE PRECISION) - m.mx AS dev FROM _stats_values v JOIN m ON {on})
-SELECT {g}, element, COUNT(*) AS n, CAST(AVG(x) AS DOUBLE PRECISION) / scale AS mu,
+SELECT {g}, element, {extra}COUNT(*) AS n, CAST(AVG(x) AS DOUBLE PRECISION) / scale AS mu,
        stddev_pop(x) / scale AS sd, {pct}, CAST(MIN(x) AS DOUBLE PRECISION) / scale AS lo,
        CAST(MAX(x) AS DOUBLE PRECISION) / scale AS hi, AVG(dev * dev) AS m2, AVG(dev * dev * dev) AS m3,
        {_JSON[dialect].format(dist)} AS distribution
@@ -119,7 +120,9 @@ def _new_rows_sql(dialect: str, table: str) -> str:
         agg = _aggregate_sql(dialect, ("establishment_id", "label", "benchmark", "archived", "cycle"))
         return (f"SELECT establishment_id, {common.format(year='label')}, benchmark, archived AS is_archived "
                 f"FROM ({agg}) a WHERE establishment_id IS NOT NULL")
-    agg = _aggregate_sql(dialect, ("benchmark", "archived", "cycle"))
+    # one national row per benchmark year: a closed calendar year Y/Y counts in the open Y/Y+1 (archived
+    # only when every counted label is; grouping by the flag made two rows of one key after 1 January)
+    agg = _aggregate_sql(dialect, ("benchmark", "cycle"), "bool_and(archived) AS archived, ")
     half = f"{Z95} * sd / sqrt(n)"
     return (f"SELECT {common.format(year='benchmark')}, CASE WHEN element = '{ERI}' THEN mu END AS eri_score, "
             f"lo AS min_value, hi AS max_value, mu - {half} AS confidence_interval_lower, "
