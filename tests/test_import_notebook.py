@@ -63,6 +63,21 @@ def test_duckdb_plan_then_wrong_fingerprint_then_auto(generated, tmp_path, capsy
     assert {c["name"] for c in applied["checks"]} >= {"applied_counts_match_plan", "verify_zero_changes", "reconciled"}
 
 
+def test_the_reviewed_fingerprint_of_pending_migrations_applies_them(generated, tmp_path, capsys):
+    """An archiving import on a database the workbook never migrated: the plan shows the pending
+    migrations and its fingerprint; approving that fingerprint applies them (``migrated``) and shows
+    the data plan's fingerprint. The guard's re-plan must bind the same scope as the reviewed plan."""
+    db = tmp_path / "p.duckdb"
+    shutil.copyfile(generated / "production.duckdb", db)
+    common = {"snapshot_dir": str(generated / "snapshot"), "target": f"duckdb:{db}",
+              "backup_dir": str(tmp_path / "bk"), "sample_students": 20}
+    code, plan = run_import(tmp_path / "out", capsys, **common)
+    assert code == 0 and plan["migrations_pending"] and plan["parameters"]["archive"]
+    code, migrated = run_import(tmp_path / "out", capsys, **common, mode="apply", approve=plan["plan_fingerprint"])
+    assert code == 0, migrated.get("error") or migrated["checks"]
+    assert migrated["apply_status"] == "migrated" and migrated["plan_fingerprint"] != plan["plan_fingerprint"]
+
+
 def test_auto_approval_of_a_postgres_target_is_refused(generated, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VESPA_TEST_IMPORT_DSN", "postgresql://nobody@127.0.0.1:1/none")
     code, manifest = run_import(tmp_path / "out", capsys, snapshot_dir=str(generated / "snapshot"),

@@ -473,6 +473,32 @@ def test_an_empty_nightly_sync_records_no_changes_and_counts_as_a_night_the_sync
     assert last.passed and last.figures["sync_run"] == night["run_id"]
 
 
+@pytest.mark.notebook
+def test_the_first_nightly_sync_of_a_year_is_not_bounded_by_the_last_years_counts(world, db, tmp_path):
+    """On 1 August the running year changes: cron's policy compares the counts with the previous sync
+    run of the same running year. The first run of a year has none to compare with and says so; it is
+    bounded by max_deletes and the other bounds only. The next night compares with it."""
+    source = f"csv:{world / 'fresh_export'}"
+    sp = sync.plan_sync(source, db, AS_OF)
+    assert sync.apply_sync(db, sp, approve="policy", run_id="march", actor="cron",
+                           policy={"max_deletes": 10_000}).status == "applied"
+    db.close()
+    target = tmp_path / "p.duckdb"
+    before = table_checksums_at(target)
+    first = ops_sync(tmp_path / "o1", source, f"duckdb:{target}", "mode=apply", "approve=policy",
+                     "as_of='2026-08-01'")
+    assert (first["exit"], first["sync_status"]) == (0, "no changes"), first["error"]
+    figures = next(c for c in first["checks"] if c["name"] == "applied")["figures"]
+    assert figures["previous_run"] is None and figures["policy"]["max_deletes"] == 0
+    assert "first sync run of 2026/2027" in figures["comparison"]
+    assert table_checksums_at(target) == before
+    second = ops_sync(tmp_path / "o2", source, f"duckdb:{target}", "mode=apply", "approve=policy",
+                      "as_of='2026-08-02'")
+    assert (second["exit"], second["sync_status"]) == (0, "no changes"), second["error"]
+    figures = next(c for c in second["checks"] if c["name"] == "applied")["figures"]
+    assert figures["previous_run"] == first["run_id"] and figures["count_change"] == 0
+
+
 def table_checksums_at(path: Path) -> dict:
     with duckdb.connect(str(path), read_only=True) as con:
         return table_checksums(con, DATA)

@@ -496,7 +496,7 @@ def apply_import(con: Any, desired: planmod.Desired, rows: rowsmod.ImportRows, *
     if current.migrations:
         result, reason = _guarded(lambda: guard.apply_plan(con, desired, approve=approve, run_id=f"{run_id}-m",
                                                            recompute=False, archive_years=archive,
-                                                           archived_write_years=archive, **common))
+                                                           archived_write_years=archive, **common))  # as planned
         if result is None:
             return ImportOutcome("refused", reason)
         migrations = result.migrations

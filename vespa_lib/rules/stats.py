@@ -93,8 +93,9 @@ UNION ALL SELECT {keys}, '{ERI}' AS element, x, 3 AS scale, CAST(floor((x + 1) /
     return sql, [*params, TEST_PATTERN, *OUTCOME_QUESTIONS]
 
 
-def _aggregate_sql(dialect: str, group: tuple[str, ...]) -> str:
-    """Per-group moments over ``_stats_values``; two passes so skewness is exact for small spreads."""
+def _aggregate_sql(dialect: str, group: tuple[str, ...], extra: str = "") -> str:
+    """Per-group moments over ``_stats_values``; two passes so skewness is exact for small spreads.
+    ``extra``: more aggregate columns (``expr AS name, ``)."""
     g = ", ".join(group)
     on = " AND ".join(f"v.{c} = m.{c}" for c in (*group, "element"))
     dist = ", ".join(f"COUNT(*) FILTER (WHERE bucket = {k})" for k in range(1, 11))  # docs/DOMAIN.md, “Production schema”
@@ -103,7 +104,7 @@ def _aggregate_sql(dialect: str, group: tuple[str, ...]) -> str:
     return f"""WITH m AS (SELECT {g}, element, AVG(CAST(x AS DOUBLE PRECISION)) AS mx
            FROM _stats_values GROUP BY {g}, element),
 d AS (SELECT v.*, CAST(v.x AS DOUBLE PRECISION) - m.mx AS dev FROM _stats_values v JOIN m ON {on})
-SELECT {g}, element, COUNT(*) AS n, CAST(AVG(x) AS DOUBLE PRECISION) / scale AS mu,
+SELECT {g}, element, {extra}COUNT(*) AS n, CAST(AVG(x) AS DOUBLE PRECISION) / scale AS mu,
        stddev_pop(x) / scale AS sd, {pct}, CAST(MIN(x) AS DOUBLE PRECISION) / scale AS lo,
        CAST(MAX(x) AS DOUBLE PRECISION) / scale AS hi, AVG(dev * dev) AS m2, AVG(dev * dev * dev) AS m3,
        {_JSON[dialect].format(dist)} AS distribution
@@ -119,7 +120,9 @@ def _new_rows_sql(dialect: str, table: str) -> str:
         agg = _aggregate_sql(dialect, ("establishment_id", "label", "benchmark", "archived", "cycle"))
         return (f"SELECT establishment_id, {common.format(year='label')}, benchmark, archived AS is_archived "
                 f"FROM ({agg}) a WHERE establishment_id IS NOT NULL")
-    agg = _aggregate_sql(dialect, ("benchmark", "archived", "cycle"))
+    # one national row per benchmark year: a closed calendar year Y/Y counts in the open Y/Y+1 (archived
+    # only when every counted label is; grouping by the flag made two rows of one key after 1 January)
+    agg = _aggregate_sql(dialect, ("benchmark", "cycle"), "bool_and(archived) AS archived, ")
     half = f"{Z95} * sd / sqrt(n)"
     return (f"SELECT {common.format(year='benchmark')}, CASE WHEN element = '{ERI}' THEN mu END AS eri_score, "
             f"lo AS min_value, hi AS max_value, mu - {half} AS confidence_interval_lower, "
@@ -239,10 +242,28 @@ def _stage(con: Any, dialect: str, labels: dict[str, tuple[str, bool]],
                              (_TEMP[NATIONAL], _new_rows_sql(dialect, NATIONAL), [])):
         _execute(con, dialect, f"DROP TABLE IF EXISTS {name}")
         _execute(con, dialect, f"CREATE TEMP TABLE {name} AS {body}", args)
+    if dialect == "postgres":
+        for table in (SCHOOL, NATIONAL):
+            _as_stored(con, table)
     if establishment_ids is not None:
         ids = ", ".join("CAST(? AS UUID)" for _ in establishment_ids)
         _execute(con, dialect, f"DELETE FROM {_TEMP[SCHOOL]} WHERE establishment_id NOT IN ({ids})",
                  establishment_ids)
+
+
+def _as_stored(con: Any, table: str) -> None:
+    """PostgreSQL: give the staged values of ``table`` the live columns' numeric types, rounded as an
+    insert would store them (production keeps statistics as decimal(4,2)). Compared unrounded, an
+    unchanged statistic always differed, so every recompute rewrote it, an archived year's too, which
+    the archive protection refuses."""
+    types = dict(_execute(con, "postgres", "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                                           "WHERE a.attrelid = CAST(? AS regclass) AND a.attnum > 0 "
+                                           "AND NOT a.attisdropped", [table]).fetchall())
+    for column in _VALUES[table]:
+        kind = types.get(column, "")
+        if kind.startswith("numeric("):  # identifiers and types from the catalog, not from input
+            _execute(con, "postgres", f"ALTER TABLE {_TEMP[table]} ALTER COLUMN {column} TYPE {kind} "
+                                      f"USING CAST({column} AS {kind})")
 
 
 def _counts(con: Any, dialect: str, table: str, requested: list[str]) -> dict[str, int]:

@@ -277,12 +277,22 @@ def _totals(plan_counts: dict) -> dict[str, int]:
     return out
 
 
-def previous_counts(con: Any) -> dict | None:
+def previous_counts(con: Any, year: str | None = None) -> dict | None:
     """Totals of the last sync_check run that applied, found no changes or (older ledgers) planned
-    cleanly, for the policy. Read-only."""
+    cleanly, for the policy; with ``year``, the last such run of that running year. Read-only."""
     hist = sync_history(con)
     ok = hist[hist["status"].isin(["applied", NO_CHANGES, "planned"])]
+    if year is not None:
+        ok = ok[ok["academic_year"] == year]
     return None if ok.empty else ok.iloc[0].to_dict()
+
+
+def _comparison(year: str, prev: dict | None) -> str:
+    """What the policy's count bounds compare with (a new running year starts from nothing)."""
+    if prev is None:
+        return (f"first sync run of {year}: no previous sync run of this year to compare with, so "
+                "max_change_ratio and max_count_change do not apply; max_deletes and the other bounds do")
+    return f"compared with the previous sync run of {year}, {prev['run_id']}"
 
 
 # --- policy and apply ----------------------------------------------------------------------------
@@ -306,7 +316,7 @@ def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
     """Whether the unattended policy approves ``sp``: {approved, reasons, figures}. Read-only."""
     pol = _policy(policy)
     totals = _totals(sp.plan.counts())
-    prev = previous_counts(con)
+    prev = previous_counts(con, sp.year)  # a new running year is not compared with the last year's runs
     reasons = [f"proof failed: {c['name']}" for c in sp.checks if not c["passed"]]
     touched = sorted({y for by_year in sp.plan.counts().values() for y, c in by_year.items()
                       if c["insert"] or c["update"] or c["delete"]})
@@ -328,7 +338,8 @@ def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
     if sp.plan.blocked:
         reasons.append(sp.plan.blocked)
     figures = {"policy": pol, **totals, "change_ratio": round(ratio, 4), "count_change": round(drift, 4),
-               "previous_run": prev["run_id"] if prev else None, "touched_years": touched}
+               "previous_run": prev["run_id"] if prev else None, "comparison": _comparison(sp.year, prev),
+               "touched_years": touched}
     return {"approved": not reasons, "reasons": reasons, "figures": figures}
 
 

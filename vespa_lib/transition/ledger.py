@@ -6,7 +6,9 @@ A guarded run's ledger row (``vespa_ops.ledger``) carries ``counts`` as JSON. Th
 1. ``counts.year_counts[label]`` = ``{students, vespa_scores, question_responses, cycle_1..3}`` when
    the run recorded them (the rollover does; the importer may);
 2. otherwise from the guard's plan: ``insert + update + unchanged`` per table and label of
-   ``counts.plan`` (the rows the run desired; deletes and refusals are not rows it left).
+   ``counts.plan`` (the rows the run desired; deletes and refusals are not rows it left);
+3. a label of the run's scope (``counts.scope_years``) without a plan cell: no row in any table
+   (a sync of a running year whose source holds nothing yet).
 
 For a sync_check run these are the **source counts** (what the source says the year holds). The
 night a sync ran is ``counts.as_of``, else ``parameters.as_of``, else ``started_at`` as a UK date
@@ -66,6 +68,7 @@ class LedgerRun:
         out |= set(self.counts.get("year_counts", {}))
         if self.counts.get("year"):
             out.add(str(self.counts["year"]))
+        out |= {str(y) for y in self.counts.get("scope_years") or []}
         return out
 
     def changes(self) -> int:
@@ -102,6 +105,8 @@ def year_counts(entry: LedgerRun, label: str) -> dict[str, int] | None:
         if table in DATA_TABLES and isinstance(by_year, dict) and label in by_year:
             c = by_year[label]
             out[table] = int(c.get("insert", 0)) + int(c.get("update", 0)) + int(c.get("unchanged", 0))
+    if not out and label in (entry.counts.get("scope_years") or []):
+        return dict.fromkeys(DATA_TABLES, 0)
     return out or None
 
 

@@ -562,7 +562,8 @@ def _apply_data(con: Any, plan: Plan, run_id: str, info: dict, hook: Callable | 
             raise ValidationFailed(["archive_markers"], f"{table}: planned to mark {n} rows archived, marked "
                                    f"{marked.get(table)}; everything was rolled back. Re-plan and investigate.")
     counts = {"plan": plan.counts(), "applied": applied, "marked": marked, "statistics_years": stats_years,
-              "archive_years": archive_years, "bulk_tables": bulk}
+              "archive_years": archive_years, "bulk_tables": bulk,
+              "scope_years": plan.scope.get("years", [])}  # a scope year without a plan cell holds no row
     close_run(con, run_id, counts)
     return ApplyResult(run_id, plan.fingerprint, plan, applied=counts)
 
