@@ -23,7 +23,7 @@ def test_memory_cap_defaults_to_512mb_and_follows_the_environment(monkeypatch):
     con = duckwork.connect()
     assert _setting(con, "memory_limit") == "1.8 GiB"
     con.close()
-    for bad in ("lots", "1 banana", "GB"):
+    for bad in ("lots", "1 banana", "-1GB"):
         monkeypatch.setenv(duckwork.MEMORY_ENV, bad)
         with pytest.raises(ParameterError, match=duckwork.MEMORY_ENV):
             duckwork.memory_limit()

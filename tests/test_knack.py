@@ -277,10 +277,10 @@ def test_decode_bool(value, expected):
 # ---------------------------------------------------------------- scores and answers
 @pytest.mark.parametrize(("value", "expected"), [
     ("7", Decoded(7)), ("7.0", Decoded(7)), (7.0, Decoded(7)), (7, Decoded(7)),  # F7, docs/DOMAIN.md, “Known data points” 4
-    (" 10.00 ", Decoded(10)), ("0", Decoded(0)), ("", Decoded(0)), ("007", Decoded(7)), (Decimal("3"), Decoded(3)),
+    (" 10.00 ", Decoded(10)), ("0", Decoded(0)), ("-0", Decoded(0)), ("007", Decoded(7)), (Decimal("3"), Decoded(3)),
     ("7.5", Decoded(None, "score_not_integer")), (7.5, Decoded(None, "score_not_integer")),
     ("7.0000000000000000001", Decoded(None, "score_not_integer")),  # no float rounding
-    ("11", Decoded(None, "score_out_of_range")), ("", Decoded(None, "score_out_of_range")),
+    ("11", Decoded(None, "score_out_of_range")), ("-1", Decoded(None, "score_out_of_range")),
     ("10.5", Decoded(None, "score_out_of_range")), (float("inf"), Decoded(None, "score_not_numeric")),
     ("abc", Decoded(None, "score_not_numeric")), ("7,0", Decoded(None, "score_not_numeric")),
     ("1e1", Decoded(None, "score_not_numeric")), (True, Decoded(None, "score_not_numeric")),
@@ -293,12 +293,12 @@ def test_decode_score(value, expected):
 @pytest.mark.parametrize(("value", "percentage", "expected"), [
     ("1", False, Decoded(1)), ("5", False, Decoded(5)), ("3.0", False, Decoded(3)), (4, False, Decoded(4)),
     ("0", False, Decoded(None, "unanswered")), (0, False, Decoded(None, "unanswered")),
-    ("6", False, Decoded(None, "answer_out_of_range")), ("", False, Decoded(None, "answer_out_of_range")),
+    ("6", False, Decoded(None, "answer_out_of_range")), ("-1", False, Decoded(None, "answer_out_of_range")),
     ("3.5", False, Decoded(None, "answer_not_integer")), ("x", False, Decoded(None, "answer_not_numeric")),
     ("0", True, Decoded(1)), ("20", True, Decoded(1)), ("20.5", True, Decoded(2)), ("21", True, Decoded(2)),
     ("40", True, Decoded(2)), ("41", True, Decoded(3)), ("60", True, Decoded(3)), ("61", True, Decoded(4)),
     ("80", True, Decoded(4)), ("80.01", True, Decoded(5)), ("100", True, Decoded(5)),
-    ("100.1", True, Decoded(None, "answer_out_of_range")), ("", True, Decoded(None, "answer_out_of_range")),
+    ("100.1", True, Decoded(None, "answer_out_of_range")), ("-5", True, Decoded(None, "answer_out_of_range")),
     ("lots", True, Decoded(None, "answer_not_numeric")),
 ])
 def test_decode_answer(value, percentage, expected):

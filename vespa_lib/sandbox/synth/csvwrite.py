@@ -145,7 +145,7 @@ def answer_cells(pop: Population, r: int, s: Student, rng: random.Random) -> dic
             if c == answered:
                 cells[f"{q}_current"] = v
     if "answer_out_of_range" in s.quirks:
-        cells["q5_c1"] = ("6", "9", "")[s.index % 3]
+        cells["q5_c1"] = ("6", "9", "-1")[s.index % 3]
     if "answer_zero" in s.quirks:
         cells["q8_c1"] = "0"  # docs/DOMAIN.md, “Knack fields”: 0 = not answered
     cells["current_cycle"] = str(answered)
