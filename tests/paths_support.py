@@ -86,17 +86,8 @@ class Ops:
         from vespa_lib.ops import cli  # noqa: PLC0415
 
         out, err = io.StringIO(), io.StringIO()
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = cli.main(argv)
-        finally:
-            for key, old in saved.items():
-                if old is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = old
+        with cli._environment(self.env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
         return code, out.getvalue(), err.getvalue()
 
     def run(self, runbook: str, *, inproc: bool = False, **params: Any) -> Run:
