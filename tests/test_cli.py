@@ -213,3 +213,33 @@ def test_an_empty_override_of_a_text_parameter_is_the_empty_text(tmp_path, capsy
     (manifest,) = (tmp_path / "outputs").glob("*/*/manifest.json")
     manifest = json.loads(manifest.read_text(encoding="utf-8"))
     assert code == 1 and manifest["parameters"]["approve"] == "" and "does not exist" in manifest["error"]
+
+
+@pytest.mark.notebook
+def test_a_timed_out_run_keeps_what_its_cells_printed(tmp_path):
+    """The executed notebook is saved sparsely while cells run (not after every cell), so a run that
+    times out must still leave the notebook as far as it got in its evidence, and fail clearly."""
+    data = tmp_path / "input.csv"
+    data.write_text("a,b\n1,2\n")
+    proc = subprocess.run([str(VESPA_OPS), "--notebooks", str(NOTEBOOKS), "--outputs", str(tmp_path / "outputs"), "run",
+                           "selftest", "--timeout", "4", "-p", f"input_path={data}", "-p", "echo_text=BEFORE_THE_PAUSE",
+                           "-p", "pause_s=60"], capture_output=True, text=True, timeout=120)
+    folder = Path(proc.stdout.strip().splitlines()[-1])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert proc.returncode == 1 and manifest["status"] == "failed" and "Timeout" in manifest["error"]
+    executed = json.loads((folder / "selftest.ipynb").read_text())
+    printed = [o.get("text", "") for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert any("BEFORE_THE_PAUSE" in "".join(t) for t in printed)
+    assert "Demo students" in (folder / "report.html").read_text()  # the cells before the pause are reported
+
+
+def test_vespa_ops_leaves_the_iri_grammars_unloaded_and_still_validates_notebooks():
+    """jsonschema's optional IRI checker compiles ~40 grammars at import (1.2 s a run); vespa-ops skips it."""
+    code = ("import sys, vespa_lib.ops.cli, nbformat\n"
+            "assert sys.modules['rfc3987_syntax'] is None\n"
+            "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('1')])\n"
+            "nbformat.validate(nb)\n"
+            "nb.cells[0]['bogus'] = 1\n"
+            "try:\n    nbformat.validate(nb)\nexcept nbformat.ValidationError:\n    print('refused')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "refused"

@@ -41,6 +41,11 @@ from vespa_lib.errors import ParameterError, VespaError
 from vespa_lib.ops import evidence, privacy, runbook
 from vespa_lib.ops.sections import SectionLog
 
+# nbformat validates notebooks with jsonschema, which compiles some forty IRI grammars at import when
+# the optional rfc3987-syntax package is present (JupyterLab's dependencies bring it): about 1.2 s
+# of every run. vespa-ops never validates an IRI, so that optional format checker stays unloaded.
+sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
 KERNEL = "vespa"
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 Command = Callable[[argparse.Namespace], int]
@@ -177,7 +182,7 @@ def execute(path: Path, executed: Path, values: dict[str, Any], *, root: Path, r
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from vespa_lib.ops.kernel import InterpreterKernelManager
+    from vespa_lib.ops.kernel import ENGINE, InterpreterKernelManager
 
     env = {"VESPA_RUN_DIR": str(run_dir), "VESPA_RUN_ID": run_id, "VESPA_UNATTENDED": "1",
            runbook.ROOT_ENV: str(root)}
@@ -186,7 +191,7 @@ def execute(path: Path, executed: Path, values: dict[str, Any], *, root: Path, r
     try:
         with _environment(env), _validated_parameters():
             papermill.execute_notebook(str(path), str(executed), parameters=values, kernel_name=kernel or KERNEL,
-                                       cwd=str(root), execution_timeout=timeout, progress_bar=False,
+                                       engine_name=ENGINE, cwd=str(root), execution_timeout=timeout, progress_bar=False,
                                        log_output=False, **engine)
     except PapermillExecutionError as exc:
         return ANSI_RE.sub("", f"{exc.ename}: {exc.evalue}")

@@ -10,20 +10,24 @@ The manager provisions CurveZMQ keys for each kernel it starts (``transport_encr
 jupyter_client 8.10): the kernel's TCP sockets are encrypted, so ipykernel 7 has no reason to warn
 "Kernel is running over TCP without encryption" on every run (a cron log stays quiet). Each kernel
 gets its own key pair and its own random ports, so concurrent runs do not collide.
+
+``RunbookEngine`` (papermill engine ``ENGINE``) is papermill's nbclient engine saving the executed
+notebook sparsely (see :class:`_SparseSaves`).
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import zmq
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
 from traitlets import default
 
 DISPLAY_NAME = "VESPA workbook"
 ENCRYPTION = "curve"  # the kernel spec declares it; the manager then provisions the keys
-
 
 
 def interpreter_spec() -> KernelSpec:
@@ -59,3 +63,49 @@ class InterpreterKernelManager(AsyncKernelManager):
     @default("kernel_spec_manager")
     def _default_kernel_specs(self) -> KernelSpecManager:
         return InterpreterKernelSpecs(parent=self)
+
+
+class _SparseSaves(NotebookExecutionManager):
+    """papermill's execution manager, saving the executed notebook when the run starts, at most every
+    ``EVERY`` seconds while cells run, and when the run ends (finished, failed, timed out or its
+    kernel dead). papermill's own saves it twice per cell, some sixty writes of the whole notebook per
+    run, to a scratch file nobody reads before the run ends: about half a second of every run."""
+
+    EVERY = 10.0
+    _always = False
+
+    def save(self, **kwargs: Any) -> None:
+        if self._always or (self.now() - self.last_save_time).total_seconds() >= self.EVERY:
+            super().save(**kwargs)
+
+    def notebook_start(self, **kwargs: Any) -> None:
+        self._always = True
+        try:
+            super().notebook_start(**kwargs)
+        finally:
+            self._always = False
+
+    def notebook_complete(self, **kwargs: Any) -> None:
+        self._always = True
+        super().notebook_complete(**kwargs)
+
+
+class RunbookEngine(NBClientEngine):
+    """papermill's nbclient engine with :class:`_SparseSaves`; registered as ``ENGINE``."""
+
+    @classmethod
+    def execute_notebook(cls, nb: Any, kernel_name: str, output_path: str | None = None, progress_bar: bool = True,
+                         log_output: bool = False, autosave_cell_every: int = 30, **kwargs: Any) -> Any:
+        manager = _SparseSaves(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                               autosave_cell_every=autosave_cell_every)
+        manager.notebook_start()
+        try:
+            cls.execute_managed_notebook(manager, kernel_name, log_output=log_output, **kwargs)
+        finally:
+            manager.cleanup_pbar()
+            manager.notebook_complete()
+        return manager.nb
+
+
+ENGINE = "vespa"
+papermill_engines.register(ENGINE, RunbookEngine)
