@@ -243,3 +243,26 @@ def test_vespa_ops_leaves_the_iri_grammars_unloaded_and_still_validates_notebook
             "try:\n    nbformat.validate(nb)\nexcept nbformat.ValidationError:\n    print('refused')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "refused"
+
+
+@pytest.mark.notebook
+def test_no_kernel_outlives_its_run(tmp_path):
+    """The kernel exits while the evidence is written (not waited for at shutdown), and is reaped before
+    vespa-ops returns: no kernel process is left, in-process or not."""
+    import psutil
+
+    data = tmp_path / "input.csv"
+    data.write_text("a,b\n1,2\n")
+    assert _main(tmp_path, "run", "selftest", "-p", f"input_path={data}") == 0
+    kernels = [p for p in psutil.Process().children(recursive=True)
+               if "ipykernel_launcher" in " ".join(p.cmdline())]
+    assert kernels == []
+
+
+def test_reaping_terminates_a_kernel_that_does_not_exit():
+    from vespa_lib.ops import kernel
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    kernel._EXITING.append((stubborn, 0.3))
+    kernel.reap_kernels()
+    assert stubborn.returncode is not None and stubborn.returncode != 0 and kernel._EXITING == []

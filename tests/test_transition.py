@@ -223,3 +223,19 @@ def test_1_august_after_a_1_january_close_archives_the_uk_year_and_not_the_runni
 def test_the_default_close_year_is_the_year_that_ended_last(as_of, close):
     assert transition.close_year_for(as_of) == close
     assert transition.close_year_for(as_of, "2026-27") == NEXT
+
+
+@pytest.mark.parametrize(("statuses", "passes"), [(("refused", "applied"), True), (("failed", "no changes"), True),
+                                                  (("applied", "refused"), False)])
+def test_a_night_is_judged_by_its_last_sync_run(db, statuses, passes):
+    """The data lead applying a refused night's reviewed plan the same night leaves the night synced;
+    a refusal after the night's apply does not."""
+    for i, status in enumerate(statuses):
+        db.execute("INSERT INTO vespa_ops.ledger (run_id, runbook, actor, status, started_at, counts) VALUES "
+                   f"('sync-late-{i}', 'sync_check', 'x', '{status}', now() + INTERVAL {i + 1} MINUTE, "
+                   "'{\"as_of\": \"2026-03-14\"}')")
+    result = _results(db)["sync_ran_every_night"]
+    night = result.frame[result.frame["night"].astype(str) == "2026-03-14"].iloc[0]
+    assert result.passed is passes, result.detail
+    assert night["statuses"].endswith(", ".join(statuses)) and night["overruled"] == (1 if passes else 0)
+    assert result.figures["overruled_nights"] == (["2026-03-14"] if passes else [])

@@ -18,12 +18,14 @@ run failed with a ``SecretLeak`` error.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
 import secrets as _secrets
 import socket
 import subprocess
+import threading
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -159,6 +161,18 @@ def scrub_tree(obj: Any, scrubber: privacy.Scrubber) -> Any:
     if isinstance(obj, list):
         return [scrub_tree(v, scrubber) for v in obj]
     return obj
+
+
+def warm_renderer() -> threading.Thread:
+    """Import nbconvert's HTML exporter in a background thread (a third of a second per run), so that
+    it loads while the kernel runs the cells; ``join()`` it before :func:`finalise`."""
+    def load() -> None:
+        with contextlib.suppress(Exception):  # finalise imports it again and reports any real error
+            import nbconvert.exporters.html  # noqa: F401
+
+    thread = threading.Thread(target=load, name="vespa-warm-renderer", daemon=True)
+    thread.start()
+    return thread
 
 
 def render_report(nb: Any, path: Path, manifest: dict[str, Any] | None = None) -> Path:

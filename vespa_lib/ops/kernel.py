@@ -12,11 +12,14 @@ jupyter_client 8.10): the kernel's TCP sockets are encrypted, so ipykernel 7 has
 gets its own key pair and its own random ports, so concurrent runs do not collide.
 
 ``RunbookEngine`` (papermill engine ``ENGINE``) is papermill's nbclient engine saving the executed
-notebook sparsely (see :class:`_SparseSaves`).
+notebook sparsely (see :class:`_SparseSaves`). At the end of a run the manager sends the kernel its
+shutdown request and lets it exit while vespa-ops writes the evidence; :func:`reap_kernels` then waits
+for it (terminating, then killing, a kernel that does not exit), so no kernel outlives its run.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from typing import Any
 
@@ -63,6 +66,35 @@ class InterpreterKernelManager(AsyncKernelManager):
     @default("kernel_spec_manager")
     def _default_kernel_specs(self) -> KernelSpecManager:
         return InterpreterKernelSpecs(parent=self)
+
+    async def _async_finish_shutdown(self, waittime: float | None = None, pollinterval: float = 0.1,
+                                     restart: bool = False) -> None:
+        """The shutdown request is sent; the kernel's own exit (interpreter teardown, a few tenths of a
+        second) is waited for later, by :func:`reap_kernels`, while vespa-ops writes the evidence. A
+        restart still waits here (jupyter_client's own path)."""
+        process = getattr(self.provisioner, "process", None)
+        if restart or process is None:
+            await super()._async_finish_shutdown(waittime, pollinterval, restart)
+            return
+        _EXITING.append((process, max(self.shutdown_wait_time, 1.0)))
+
+
+_EXITING: list[tuple[Any, float]] = []  # (Popen of a kernel asked to shut down, seconds it may take)
+
+
+def reap_kernels() -> None:
+    """Wait for the kernels asked to shut down to exit; terminate, then kill, one that does not (the
+    waits jupyter_client would have done at shutdown, done after the evidence is written)."""
+    while _EXITING:
+        process, wait = _EXITING.pop()
+        for stop in (None, process.terminate, process.kill):
+            if stop is not None:
+                stop()
+            try:
+                process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 class _SparseSaves(NotebookExecutionManager):

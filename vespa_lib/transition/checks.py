@@ -217,7 +217,9 @@ def archived_rows_marked_and_protected(con: Any) -> CheckResult:
 
 def sync_ran_every_night(con: Any, as_of: date, window_days: int) -> CheckResult:
     """A sync_check run on every night of the ``window_days`` nights ending at ``as_of`` (inclusive),
-    and no run in the window failed or was refused. Read-only."""
+    each night's last run applied or found nothing to change. A refused run the data lead followed
+    the same night with an approved apply leaves that night synced: its row shows both statuses, and
+    ``overruled`` counts the refused or failed runs a later run of the night made good. Read-only."""
     if window_days < 1:
         from vespa_lib.errors import ParameterError
 
@@ -226,19 +228,24 @@ def sync_ran_every_night(con: Any, as_of: date, window_days: int) -> CheckResult
     runs = [r for r in ledger_runs(con, ("sync_check",)) if r.night in nights]
     rows = []
     for night in nights:
-        mine = [r for r in runs if r.night == night]
+        mine = [r for r in runs if r.night == night]  # oldest first: the last run decides the night
         bad = [r for r in mine if r.status in FAILED_SYNC]
-        rows.append({"night": night, "runs": len(mine), "statuses": ", ".join(sorted({r.status for r in mine})),
-                     "failed": len(bad), "passed": bool(mine) and not bad})
-    frame = pd.DataFrame(rows, columns=["night", "runs", "statuses", "failed", "passed"])
+        last_bad = bool(mine) and mine[-1].status in FAILED_SYNC
+        rows.append({"night": night, "runs": len(mine), "statuses": ", ".join(r.status for r in mine),
+                     "failed": int(last_bad), "overruled": len(bad) - int(last_bad),
+                     "passed": bool(mine) and not last_bad})
+    frame = pd.DataFrame(rows, columns=["night", "runs", "statuses", "failed", "overruled", "passed"])
     missing = [str(r.night) for r in frame.itertuples() if not r.runs]
     failed = [str(r.night) for r in frame.itertuples() if r.failed]
-    detail = (f"a sync_check run on each of {window_days} night(s) {nights[0]}..{nights[-1]}, none failed"
-              if not missing and not failed else
-              f"nights without a sync run: {missing or 'none'}; nights with a failed or refused run: {failed or 'none'}")
+    overruled = [str(r.night) for r in frame.itertuples() if r.overruled]
+    later = f"; refused or failed, then applied the same night: {overruled}" if overruled else ""
+    detail = (f"a sync_check run on each of {window_days} night(s) {nights[0]}..{nights[-1]}, each night's last run "
+              f"applied or found no changes{later}" if not missing and not failed else
+              f"nights without a sync run: {missing or 'none'}; nights whose last run failed or was refused: "
+              f"{failed or 'none'}{later}")
     return CheckResult("sync_ran_every_night", not missing and not failed, frame,
                        {"window": [str(nights[0]), str(nights[-1])], "runs": len(runs), "missing_nights": missing,
-                        "failed_nights": failed}, detail)
+                        "failed_nights": failed, "overruled_nights": overruled}, detail)
 
 
 # --- 7. labels -------------------------------------------------------------------------------------
