@@ -309,7 +309,24 @@ def test_policy_refuses_counts_out_of_bounds_of_the_previous_run(world, db, tmp_
     assert sync.sync_history(db).set_index("run_id").loc["n2", "status"] == "refused"
 
 
-@pytest.mark.parametrize("policy", [{"max_delete": 1}, {"max_deletes": "5"}, {"require_no_refused": 1}])
+@pytest.mark.parametrize(("floor", "status"), [(0, "refused"), (10_000, "applied")])
+def test_ratio_floor_lets_small_changes_of_a_small_year_through(world, db, tmp_path, floor, status):
+    """A year's first weeks: a few new students against a year of a few rows are a large ratio but a
+    small change. Changes up to ratio_floor rows are not judged by the ratios; beyond, they are."""
+    small = _planted_plan(world, tmp_path / "a", db, lambda rows: rows[:2])
+    first = sync.apply_sync(db, small, approve="policy", run_id="n1", actor="cron", policy={"max_deletes": 100_000})
+    assert first.status == "applied", first.reasons
+    grown = _planted_plan(world, tmp_path / "b", db, lambda rows: rows[:4])
+    result = sync.apply_sync(db, grown, approve="policy", run_id="n2", actor="cron",
+                             policy={"max_deletes": 100_000, "ratio_floor": floor})
+    assert result.status == status, result.reasons
+    if status == "refused":
+        assert any("max_change_ratio" in r for r in result.reasons)
+        assert any("max_count_change" in r for r in result.reasons)
+
+
+@pytest.mark.parametrize("policy", [{"max_delete": 1}, {"max_deletes": "5"}, {"require_no_refused": 1},
+                                    {"ratio_floor": 0.5}])
 def test_bad_policies_are_refused(world, db, policy):
     sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
     with pytest.raises(ParameterError, match="policy"):

@@ -51,7 +51,7 @@ __all__ = ["NO_CHANGES", "RUNBOOK", "SyncPlan", "SyncResult", "apply_sync", "pla
 RUNBOOK = "sync_check"
 NO_CHANGES = "no changes"  # the ledger status of an approved run whose plan changes nothing
 TABLES = ("students", "vespa_scores", "question_responses")
-POLICY_KEYS = {"max_deletes": int, "max_change_ratio": float, "max_count_change": float,
+POLICY_KEYS = {"max_deletes": int, "max_change_ratio": float, "max_count_change": float, "ratio_floor": int,
                "require_current_year_only": bool, "require_no_refused": bool}
 
 
@@ -303,8 +303,8 @@ def _policy(policy: dict | None) -> dict:
     unknown = set(policy) - set(POLICY_KEYS)
     if unknown:
         raise ParameterError(f"policy has unknown keys {sorted(unknown)}; known: {sorted(POLICY_KEYS)}.")
-    out = {"max_deletes": 0, "max_change_ratio": 0.2, "max_count_change": 0.2, "require_current_year_only": True,
-           "require_no_refused": True} | policy
+    out = {"max_deletes": 0, "max_change_ratio": 0.2, "max_count_change": 0.2, "ratio_floor": 0,
+           "require_current_year_only": True, "require_no_refused": True} | policy
     for key, kind in POLICY_KEYS.items():
         ok = isinstance(out[key], kind) or (kind is float and isinstance(out[key], int))
         if not ok or (kind is not bool and isinstance(out[key], bool)):
@@ -328,11 +328,14 @@ def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
         reasons.append(f"{totals['deletes']} deletions exceed max_deletes={pol['max_deletes']}")
     changes = totals["inserts"] + totals["updates"] + totals["deletes"]
     ratio = changes / max(1, totals["desired_rows"])
-    if prev is not None and ratio > pol["max_change_ratio"]:
+    # ratio_floor: a change of at most that many rows is not judged by the ratios (2 changes in a year
+    # of 2 rows are 100 %); max_deletes and the proofs still apply to it.
+    if prev is not None and ratio > pol["max_change_ratio"] and changes > pol["ratio_floor"]:
         reasons.append(f"{changes} changes are {ratio:.1%} of {totals['desired_rows']} rows, above "
                        f"max_change_ratio={pol['max_change_ratio']:.0%}")
     drift = (abs(totals["desired_rows"] - prev["desired_rows"]) / max(1, prev["desired_rows"])) if prev else 0.0
-    if prev is not None and drift > pol["max_count_change"]:
+    moved = abs(totals["desired_rows"] - prev["desired_rows"]) if prev else 0
+    if prev is not None and drift > pol["max_count_change"] and moved > pol["ratio_floor"]:
         reasons.append(f"{totals['desired_rows']} rows against {prev['desired_rows']} in the previous sync run "
                        f"{prev['run_id']} ({drift:.1%}, above max_count_change={pol['max_count_change']:.0%})")
     if sp.plan.blocked:
