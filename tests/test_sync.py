@@ -237,6 +237,24 @@ def test_a_record_of_the_archived_year_is_set_aside_and_planted_rows_are_refused
     assert not c["passed"] and c["figures"]["planned_rows_in_archived_years"]["students"] == 1
 
 
+def test_a_record_left_only_in_another_year_does_not_keep_the_deleted_current_years_rows(world, db, tmp_path):
+    """Found by the year rehearsal: a student's 2025/2026 record deleted in Knack while their old record,
+    dated in 2024/2025 and set aside as stale_date, stays. The old record vouches for its own year only:
+    the current year's rows are deleted as for any deleted record, the archived rows are untouched."""
+    rec = new_record(world)
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert sync.apply_sync(db, sp, approve="policy", run_id="n1", actor="cron",
+                           policy={"max_deletes": 100_000}).status == "applied"
+    n = "SELECT count(*) FROM students WHERE lower(email) = ? AND academic_year = ?"
+    assert db.execute(n, [rec["email"], YEAR]).fetchone()[0] == 1
+    old = _planted_plan(world, tmp_path, db, lambda rows: _set(rows, rec["record_id"], field_855_date="15/03/2025"))
+    assert (old.unsyncable.query("record_id == @rec['record_id']")["reason"] == ["stale_date"]).all()
+    assert old.totals()["students"]["delete"] == 1, old.plan.summary_frame()
+    assert sync.apply_sync(db, old, approve="policy", run_id="n2", actor="cron",
+                           policy={"max_deletes": 100_000, "ratio_floor": 100_000}).status == "applied"
+    assert db.execute(n, [rec["email"], YEAR]).fetchone()[0] == 0
+
+
 def test_f2_a_re_enrolled_email_gets_a_new_row_and_its_other_year_row_is_untouched(world, db, tmp_path):
     old_email = db.execute("SELECT email FROM students WHERE academic_year = ? AND email NOT IN "
                            "(SELECT email FROM students WHERE academic_year <> ?) ORDER BY email LIMIT 1",

@@ -126,12 +126,15 @@ def kept_as_is(src: Any, rows: Any, con: Any, labels: list[str], est_ids: list[s
     """Database rows planned unchanged, never deleted. Read-only. Two kinds:
 
     * every row of a student the source still has but sets aside (a record that cannot be synced is
-      not a deletion in Knack);
+      not a deletion in Knack), unless every such record is dated in another year (``other_year``:
+      it vouches for that year only, so the owned years' rows follow Knack like a deleted record's);
     * the student row (only) of a student the source no longer has who owns rows of another year:
       deleting it would delete history with it (F2/F8), so it stays and the drift shows it.
 
     Kept rows are relabelled canonically (``_canonical_labels``; counts under ``_relabels``)."""
     q = rows.quarantine.filter(pa.compute.equal(rows.quarantine["object"], "object_10"))
+    other_year = [r for r, g in REASON_GROUPS.items() if g == "other_year"]
+    q = q.filter(pa.compute.invert(pa.compute.is_in(q["reason"], pa.array(other_year, pa.string()))))
     built = set(rows.students.column("email").to_pylist())
     emails = {d.value for raw in q.column("email").to_pylist() if (d := knack.decode_email(raw or "")).ok} - built
     built_keys = set(zip(rows.students.column("email").to_pylist(), rows.students.column("academic_year").to_pylist(),

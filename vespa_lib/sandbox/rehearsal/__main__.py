@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import calendar, setup
-from .night import Rehearsal
+from .night import INVARIANTS, Rehearsal
 from .ops import REPO, Ops
 from .report import write_report
 from .world import KnackWorld
@@ -54,7 +54,7 @@ def rehearse(data: Path, outputs: Path, kind: str = "compressed", server_dsn: st
 
 
 def _report(rehearsal: Rehearsal, folder: Path) -> Path:
-    totals: dict[str, int] = {}
+    totals = dict.fromkeys(INVARIANTS, 0)
     for rec in rehearsal.records:
         for name, found in rec.violations.items():
             totals[name] = totals.get(name, 0) + (1 if found else 0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TABLES", "check_all", "closed_digests", "closed_unchanged", "no_applying", "one_year_per_completion",
+__all__ = ["NAMES", "TABLES", "check_all", "closed_digests", "closed_unchanged", "no_applying", "one_year_per_completion",
            "open_years_match", "row_counts", "statistics_match"]
 
 TABLES = ("students", "vespa_scores", "question_responses", "school_statistics", "national_statistics")
@@ -128,6 +128,10 @@ def no_applying(con: Any) -> list[str]:
 def row_counts(con: Any) -> dict[str, dict[str, int]]:
     """table -> label -> rows (for the report's timeline)."""
     return {t: dict(_rows(con, f"SELECT academic_year, count(*) FROM {t} GROUP BY 1")) for t in TABLES}
+
+
+NAMES = ("closed_years_unchanged", "open_years_equal_knack", "no_completion_in_two_years",
+         "statistics_equal_recomputation", "no_ledger_run_applying")
 
 
 def check_all(con: Any, *, closed: dict, expected: dict, open_labels: list[str]) -> dict[str, list[str]]:

@@ -18,7 +18,12 @@ from . import calendar, changes, invariants, setup
 from .ops import STEP_STATUSES, Ops, RunResult
 from .world import KnackWorld
 
-__all__ = ["NightRecord", "Rehearsal"]
+__all__ = ["INVARIANTS", "NightRecord", "Rehearsal"]
+
+# Checked after every night: the database invariants (``invariants.check_all``), then what the runs
+# themselves must show (each run ended as the night calls for; the refused night wrote nothing; the
+# validation after the skipped night named exactly the unsynced nights).
+INVARIANTS = (*invariants.NAMES, "runs_as_expected", "refusal_night_wrote_nothing", "skipped_night_flagged_exactly")
 
 
 @dataclass
@@ -42,7 +47,7 @@ class Rehearsal:
         self.records: list[NightRecord] = []
         self.evolved = calendar.START - timedelta(days=1)
         self.joined = False
-        self.refused: set[str] = set()  # nights a sync was refused (the validation names them for 7 nights)
+        self.unsynced: set[date] = set()  # nights whose sync did not end applied (skipped or refused)
         self.synced: dict = {}  # Knack's state the last applied sync read (edits change the world in place)
 
     # --- the night ------------------------------------------------------------------------------
@@ -94,6 +99,9 @@ class Rehearsal:
         plan = self._run(rec, "import", mode="plan", **params)
         done = self._approve(rec, "import", plan, mode="apply", **params)
         rec.notes.append(f"archive import: {done.status if done else 'no fingerprint to approve'}")
+        if plan.status != "passed" or done is None or done.status != "passed":
+            rec.violations.setdefault("runs_as_expected", []).append(
+                f"archive import: plan {plan.status}, approval {done.status if done else 'not run'}")
         with self._con() as con:
             labels = [r[0] for r in con.execute("SELECT DISTINCT academic_year FROM students "
                                                 "WHERE academic_year < '2025'").fetchall()]
@@ -110,12 +118,12 @@ class Rehearsal:
         if night == calendar.SKIP:
             rec.skipped_sync = True
             rec.notes.append("sync skipped on purpose (cron did not run)")
+            self.unsynced.add(night)
             return
         before = self._open_counts()
         result = self._run(rec, "sync_check", **self._sync_params(night))
-        if result.manifest.get("sync_status") == "refused":
-            self.refused.add(night.isoformat())
         if night == calendar.REFUSE:
+            self.unsynced.add(night)
             written = self._open_counts() != before
             rec.notes.append(f"partial export ({len(drop)} records of one school missing): sync "
                              f"{result.manifest.get('sync_status', result.status)}, "
@@ -131,6 +139,11 @@ class Rehearsal:
             result = self._approve(rec, "sync_check", plan, **self._sync_params(night), mode="apply") or plan
         if result.status == "passed":
             self.synced = tonight
+        else:
+            self.unsynced.add(night)
+            rec.violations.setdefault("runs_as_expected", []).append(
+                f"sync {night}: ended {result.manifest.get('sync_status') or result.status}, not applied: "
+                + "; ".join(self._reasons(result)))
 
     @staticmethod
     def _reasons(result: RunResult) -> list[str]:
@@ -149,16 +162,27 @@ class Rehearsal:
         return set(sorted(largest)[: len(largest) // 3 + 1])
 
     def _validate(self, rec: NightRecord, night: date) -> None:
+        """The nightly validation must flag exactly the nights of its window left unsynced (the skipped
+        night, the refused one), fail on nothing else, and pass when there is none."""
         window = calendar.window(night, self.nights)
         result = self._run(rec, "year_transition", mode="validate", as_of=night.isoformat(), sync_window_days=window)
         flagged = _flagged_nights(result)
+        nights = {night - timedelta(days=i) for i in range(window)}
+        expected = sorted(n.isoformat() for n in self.unsynced & nights)
+        problems = [] if flagged == expected else [f"validation flagged nights {flagged}, expected {expected}"]
+        others = [c for c in result.failed_checks() if c != "sync_ran_every_night"]
+        if others:
+            problems.append(f"validation failed {others}: " + "; ".join(self._reasons(result)))
+        if result.status == "no evidence":
+            problems.append("validation left no evidence: " + result.output.strip()[-300:])
         prev = night - timedelta(days=1)
         if prev == calendar.SKIP and prev in self.nights:
-            ok = [n for n in flagged if n not in self.refused] == [prev.isoformat()]  # refused nights stay named
-            rec.notes.append(f"validation after the skipped night flags {flagged} ({'exactly' if ok else 'NOT exactly'} "
-                             f"the skipped night)")
-            if not ok:
-                rec.violations["skipped_night_flagged_exactly"] = [f"flagged {flagged}, expected [{prev}]"]
+            rec.notes.append(f"validation after the skipped night flags {flagged} "
+                             f"({'exactly' if flagged == expected else 'NOT exactly'} the unsynced nights {expected})")
+            if flagged != expected:
+                rec.violations["skipped_night_flagged_exactly"] = [f"flagged {flagged}, expected {expected}"]
+        if problems:
+            rec.violations.setdefault("runs_as_expected", []).extend(problems)
 
     def _rollover(self, rec: NightRecord, night: date) -> None:
         params = {"mode": "rollover", "as_of": night.isoformat()}
@@ -166,6 +190,11 @@ class Rehearsal:
         done = self._approve(rec, "year_transition", plan, **params)
         rec.notes.append(f"rollover {night}: plan {plan.status} (fingerprint {'shown' if plan.fingerprint else 'none'}), "
                          f"approval {done.status if done else 'not run'}")
+        planned = set(plan.failed_checks()) <= {"rollover_applied", "rollover_verified_empty"}  # a plan: not applied
+        if not (plan.fingerprint and planned and done is not None and done.status == "passed"):
+            rec.violations.setdefault("runs_as_expected", []).append(
+                f"rollover {night}: plan {plan.status} {plan.failed_checks()}, approval "
+                f"{done.status if done else 'not run'} {done.failed_checks() if done else ''}")
         closing = "2025/2025" if night == calendar.CALENDAR_CLOSE else "2025/2026"
         if done is not None and done.status == "passed":
             labels = [closing] + (["2025/2025"] if closing == "2025/2026" and "2025/2025" not in self.closed else [])

@@ -23,10 +23,14 @@ def timeline_chart(records: list[NightRecord], path: Path) -> Path:
 
     fig, axes = plt.subplots(len(TABLES), 1, figsize=(11, 2.6 * len(TABLES)), sharex=True)
     nights = [r.night for r in records]
+    every = sorted({label for r in records for by_label in r.counts.values() for label in by_label})
+    palette = plt.get_cmap("tab10")
+    colour = {label: palette(i % 10) for i, label in enumerate(every)}  # a year keeps its colour in every panel
     for ax, table in zip(axes, TABLES, strict=True):
         labels = sorted({label for r in records for label in r.counts.get(table, {})})
         for label in labels:
-            ax.plot(nights, [r.counts.get(table, {}).get(label, 0) for r in records], marker=".", label=label)
+            ax.plot(nights, [r.counts.get(table, {}).get(label, 0) for r in records], marker=".", label=label,
+                    color=colour[label])
         ax.set_title(table, fontsize=10)
         ax.set_ylabel("rows")
         if labels:
