@@ -65,7 +65,6 @@ def test_knack_fills_up_night_by_night_with_each_kind_of_change(world, tmp_path)
     assert snap.records("object_10") == sum(r.shown(date(2026, 9, 15)) for r in w.records.values())
 
 
-@pytest.mark.heavy
 @pytest.mark.postgres
 @pytest.mark.notebook
 @pytest.mark.slow
@@ -204,3 +203,41 @@ def test_dashboard_comparison_accepts_a_value_missing_on_both_sides():
     ref = pd.DataFrame([{"cycle": 1, "element": "vision", "mean": 5.5, "eri_score": None}])
     result = _compare(db, ref, ["cycle", "element"], {"mean": 2, "eri_score": 2})
     assert (result["missing"], result["extra"], result["differing"]) == (0, 0, 0)
+
+
+class _FakeOps:
+    """Stands in for vespa-ops in the rehearsal's bookkeeping tests: each run returns the manifest given."""
+
+    def __init__(self, manifest):
+        self.manifest = manifest
+
+    def run(self, runbook, **params):
+        from vespa_lib.sandbox.rehearsal.ops import RunResult
+
+        return RunResult(runbook, params, 0 if self.manifest["status"] == "passed" else 1, None, self.manifest)
+
+
+def _validation(flagged, failed=()):
+    checks = [{"name": "sync_ran_every_night", "passed": not flagged,
+               "figures": {"missing_nights": flagged, "failed_nights": []}}]
+    checks += [{"name": name, "passed": False, "detail": f"{name} planted"} for name in failed]
+    return {"status": "passed" if not flagged and not failed else "failed", "checks": checks}
+
+
+@pytest.mark.parametrize(("flagged", "failed", "unsynced", "violated"), [
+    ([], (), set(), False),
+    (["2025-12-29"], (), {date(2025, 12, 29)}, False),  # the skipped night, named exactly
+    ([], (), {date(2025, 12, 29)}, True),  # the skipped night not named
+    (["2025-12-29", "2025-12-30"], (), {date(2025, 12, 29)}, True),  # a synced night named too
+    ([], ("dashboard_year_switching",), set(), True),  # any other failed check
+])
+def test_runs_as_expected_holds_the_validation_to_exactly_the_unsynced_nights(tmp_path, flagged, failed, unsynced,
+                                                                            violated):
+    from vespa_lib.sandbox.rehearsal.night import NightRecord, Rehearsal
+
+    nights = calendar.nights("compressed")
+    rehearsal = Rehearsal(None, _FakeOps(_validation(flagged, failed)), "", tmp_path, nights)
+    rehearsal.unsynced = set(unsynced)
+    rec = NightRecord(date(2025, 12, 30))
+    rehearsal._validate(rec, rec.night)
+    assert bool(rec.violations.get("runs_as_expected")) is violated, rec.violations
