@@ -244,14 +244,14 @@ def test_a_record_left_only_in_another_year_does_not_keep_the_deleted_current_ye
     rec = new_record(world)
     sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
     assert sync.apply_sync(db, sp, approve="policy", run_id="n1", actor="cron",
-                           policy={"max_deletes": 100_000}).status == "applied"
+                           policy={"max_deletes": 100_000, "max_school_loss": 1.0}).status == "applied"
     n = "SELECT count(*) FROM students WHERE lower(email) = ? AND academic_year = ?"
     assert db.execute(n, [rec["email"], YEAR]).fetchone()[0] == 1
     old = _planted_plan(world, tmp_path, db, lambda rows: _set(rows, rec["record_id"], field_855_date="15/03/2025"))
     assert (old.unsyncable.query("record_id == @rec['record_id']")["reason"] == ["stale_date"]).all()
     assert old.totals()["students"]["delete"] == 1, old.plan.summary_frame()
     assert sync.apply_sync(db, old, approve="policy", run_id="n2", actor="cron",
-                           policy={"max_deletes": 100_000, "ratio_floor": 100_000}).status == "applied"
+                           policy={"max_deletes": 100_000, "max_school_loss": 1.0, "ratio_floor": 100_000}).status == "applied"
     assert db.execute(n, [rec["email"], YEAR]).fetchone()[0] == 0
 
 
@@ -301,8 +301,8 @@ def test_f16_a_deletion_outside_the_scope_is_not_planned(world, db, tmp_path):
 
 @pytest.mark.parametrize(("policy", "approved", "reason"), [
     ({"max_deletes": 0}, False, "max_deletes"),
-    ({"max_deletes": 10_000, "max_change_ratio": 0.01}, True, ""),  # no previous run: no ratio bound
-    ({"max_deletes": 10_000}, True, ""),
+    ({"max_deletes": 10_000, "max_school_loss": 1.0, "max_change_ratio": 0.01}, True, ""),  # no previous run: no ratio bound
+    ({"max_deletes": 10_000, "max_school_loss": 1.0}, True, ""),
 ])
 def test_policy_first_run(world, db, policy, approved, reason):
     sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
@@ -317,11 +317,11 @@ def test_policy_first_run(world, db, policy, approved, reason):
 def test_policy_refuses_counts_out_of_bounds_of_the_previous_run(world, db, tmp_path):
     sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
     assert sync.apply_sync(db, sp, approve="policy", run_id="n1", actor="cron",
-                           policy={"max_deletes": 10_000}).status == "applied"
+                           policy={"max_deletes": 10_000, "max_school_loss": 1.0}).status == "applied"
     half = _planted_plan(world, tmp_path, db, lambda rows: rows[: len(rows) // 2])
     before = table_checksums(db, DATA)
     result = sync.apply_sync(db, half, approve="policy", run_id="n2", actor="cron",
-                             policy={"max_deletes": 10_000, "max_count_change": 0.2})
+                             policy={"max_deletes": 10_000, "max_school_loss": 1.0, "max_count_change": 0.2})
     assert result.status == "refused" and any("previous sync run n1" in r for r in result.reasons)
     assert table_checksums(db, DATA) == before
     assert sync.sync_history(db).set_index("run_id").loc["n2", "status"] == "refused"
@@ -332,15 +332,56 @@ def test_ratio_floor_lets_small_changes_of_a_small_year_through(world, db, tmp_p
     """A year's first weeks: a few new students against a year of a few rows are a large ratio but a
     small change. Changes up to ratio_floor rows are not judged by the ratios; beyond, they are."""
     small = _planted_plan(world, tmp_path / "a", db, lambda rows: rows[:2])
-    first = sync.apply_sync(db, small, approve="policy", run_id="n1", actor="cron", policy={"max_deletes": 100_000})
+    first = sync.apply_sync(db, small, approve="policy", run_id="n1", actor="cron", policy={"max_deletes": 100_000, "max_school_loss": 1.0})
     assert first.status == "applied", first.reasons
     grown = _planted_plan(world, tmp_path / "b", db, lambda rows: rows[:4])
     result = sync.apply_sync(db, grown, approve="policy", run_id="n2", actor="cron",
-                             policy={"max_deletes": 100_000, "ratio_floor": floor})
+                             policy={"max_deletes": 100_000, "max_school_loss": 1.0, "ratio_floor": floor})
     assert result.status == status, result.reasons
     if status == "refused":
         assert any("max_change_ratio" in r for r in result.reasons)
         assert any("max_count_change" in r for r in result.reasons)
+
+
+def _synced(world, db):
+    sp = sync.plan_sync(f"csv:{world / 'fresh_export'}", db, AS_OF)
+    assert sync.apply_sync(db, sp, approve="policy", run_id="n1", actor="cron",
+                           policy={"max_deletes": 100_000, "max_school_loss": 1.0}).status == "applied"
+
+
+def test_one_student_deleted_in_knack_counts_as_the_student_and_their_completions(world, db, tmp_path):
+    """Found by the year rehearsal: one student deleted in Knack (two cycles taken) was 68 deletions,
+    their answers counted one by one, and max_deletes=50 refused the night. Deletions count students
+    and completions; the answers go with them."""
+    _synced(world, db)
+    email, n = db.execute("SELECT lower(s.email), count(*) FROM students s JOIN vespa_scores v ON v.student_id = s.id "
+                          "WHERE s.academic_year = ? GROUP BY 1 HAVING count(*) >= 2 ORDER BY 1 LIMIT 1", [YEAR]).fetchone()
+    gone = _planted_plan(world, tmp_path, db, lambda rows: [r for r in rows if r["field_197_email"].strip().lower() != email])
+    decision = sync.policy_decision(db, gone, {"max_deletes": 50})
+    assert decision["figures"]["deleted_students_and_completions"] == 1 + n
+    assert decision["figures"]["deletes"] > 50  # rows, answers included: what max_deletes counted before
+    assert decision["approved"], decision["reasons"]
+    assert not sync.policy_decision(db, gone, {"max_deletes": n})["approved"]
+
+
+def test_an_export_missing_a_third_of_a_school_is_refused_whatever_max_deletes(world, db, tmp_path):
+    _synced(world, db)
+    est, = db.execute("SELECT e.knack_id FROM students s JOIN establishments e ON e.id = s.establishment_id "
+                      "WHERE s.academic_year = ? GROUP BY 1 ORDER BY count(*) DESC LIMIT 1", [YEAR]).fetchone()
+    emails = sorted(e for (e,) in db.execute(
+        "SELECT DISTINCT lower(s.email) FROM students s JOIN establishments e ON e.id = s.establishment_id "
+        "WHERE s.academic_year = ? AND e.knack_id = ?", [YEAR, est]).fetchall())
+    dropped = set(emails[: len(emails) // 3 + 1])
+    partial = _planted_plan(world, tmp_path, db,
+                            lambda rows: [r for r in rows if r["field_197_email"].strip().lower() not in dropped])
+    decision = sync.policy_decision(db, partial, {"max_deletes": 100_000, "ratio_floor": 100_000})
+    (loss,) = [x for x in decision["figures"]["school_losses"] if x["establishment"] == est]
+    # a dropped student who owns another year's rows is kept (their drift shows it), so not lost
+    assert loss["lost"] == partial.totals()["students"]["delete"] and loss["students"] == len(emails)
+    assert len(dropped) >= loss["lost"] > len(emails) / 5
+    assert not decision["approved"] and any(f"establishment {est} would lose" in r for r in decision["reasons"])
+    assert sync.policy_decision(db, partial, {"max_deletes": 100_000, "ratio_floor": 100_000,
+                                              "max_school_loss": 0.5})["approved"]
 
 
 @pytest.mark.parametrize("policy", [{"max_delete": 1}, {"max_deletes": "5"}, {"require_no_refused": 1},
@@ -516,7 +557,7 @@ def test_the_first_nightly_sync_of_a_year_is_not_bounded_by_the_last_years_count
     source = f"csv:{world / 'fresh_export'}"
     sp = sync.plan_sync(source, db, AS_OF)
     assert sync.apply_sync(db, sp, approve="policy", run_id="march", actor="cron",
-                           policy={"max_deletes": 10_000}).status == "applied"
+                           policy={"max_deletes": 10_000, "max_school_loss": 1.0}).status == "applied"
     db.close()
     target = tmp_path / "p.duckdb"
     before = table_checksums_at(target)
@@ -551,7 +592,7 @@ def applied_sync(world, tmp_path_factory) -> dict:
     shutil.copy(world / "production.duckdb", target)
     backups = base / "backups"
     run = ops_sync(base / "out", f"csv:{world / 'fresh_export'}", f"duckdb:{target}", "mode=apply",
-                   "approve=policy", "policy={max_deletes: 10000}", f"backup_dir={backups}")
+                   "approve=policy", "policy={max_deletes: 10000, max_school_loss: 1.0}", f"backup_dir={backups}")
     return run | {"backups": backups}
 
 

@@ -73,7 +73,7 @@ def test_policy_run_on_postgres_and_auto_refused(world, pg):
     refused = sync.apply_sync(pg, sp, approve="auto", run_id="r-auto", actor="a", target_kind="postgres")
     assert refused.status == "refused" and year_checksums(pg, "2025/2026") == before
     ok = sync.apply_sync(pg, sp, approve="policy", run_id="r-pol", actor="cron", target_kind="postgres",
-                         policy={"max_deletes": 10_000})
+                         policy={"max_deletes": 10_000, "max_school_loss": 1.0})
     assert ok.status == "applied"
     assert list(sync.sync_history(pg)["status"][:2]) == ["applied", "refused"]
 

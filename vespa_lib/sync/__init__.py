@@ -52,7 +52,8 @@ RUNBOOK = "sync_check"
 NO_CHANGES = "no changes"  # the ledger status of an approved run whose plan changes nothing
 TABLES = ("students", "vespa_scores", "question_responses")
 POLICY_KEYS = {"max_deletes": int, "max_change_ratio": float, "max_count_change": float, "ratio_floor": int,
-               "require_current_year_only": bool, "require_no_refused": bool}
+               "max_school_loss": float, "require_current_year_only": bool, "require_no_refused": bool}
+SCHOOL_LOSS_FROM = 3  # max_school_loss judges a school losing at least this many students in one run
 
 
 @dataclass
@@ -304,12 +305,35 @@ def _policy(policy: dict | None) -> dict:
     if unknown:
         raise ParameterError(f"policy has unknown keys {sorted(unknown)}; known: {sorted(POLICY_KEYS)}.")
     out = {"max_deletes": 0, "max_change_ratio": 0.2, "max_count_change": 0.2, "ratio_floor": 0,
-           "require_current_year_only": True, "require_no_refused": True} | policy
+           "max_school_loss": 0.2, "require_current_year_only": True, "require_no_refused": True} | policy
     for key, kind in POLICY_KEYS.items():
         ok = isinstance(out[key], kind) or (kind is float and isinstance(out[key], int))
         if not ok or (kind is not bool and isinstance(out[key], bool)):
             raise ParameterError(f"policy.{key} must be {kind.__name__}, got {out[key]!r}.")
     return out
+
+
+def school_losses(con: Any, sp: SyncPlan) -> list[dict]:
+    """Per establishment (Knack id) whose students the plan deletes: {establishment, lost, students}
+    with ``students`` its students of the run's years before the run. Students kept because they own
+    another year's rows are not lost. Read-only."""
+    d = sp.drift.rows
+    if d.empty:
+        return []
+    kept = set(zip(sp.desired.tables["students"].column("email").to_pylist(),
+                   sp.desired.tables["students"].column("academic_year").to_pylist(), strict=True))
+    gone = d[(d["table"] == "students") & (d["kind"] == "extra")]
+    gone = gone[[(e, y) not in kept for e, y in zip(gone["email"], gone["academic_year"], strict=True)]]
+    if gone.empty:
+        return []
+    knack = {str(i): str(k) for i, k in run(con, "SELECT CAST(id AS TEXT), knack_id FROM establishments")}
+    staying: dict[str, int] = {}
+    for est in sp.desired.tables["students"].column("establishment_id").to_pylist():
+        key = knack.get(str(est), "(none)")
+        staying[key] = staying.get(key, 0) + 1
+    lost = gone["establishment"].fillna("(none)").astype(str).value_counts()
+    return [{"establishment": k, "lost": int(n), "students": int(n) + staying.get(k, 0)}
+            for k, n in sorted(lost.items())]
 
 
 def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
@@ -324,8 +348,16 @@ def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
         reasons.append(f"the plan touches years {sorted(set(touched) - set(sp.years))} besides the current year")
     if pol["require_no_refused"] and totals["refuseds"]:
         reasons.append(f"the plan refuses {totals['refuseds']} row(s)")
-    if totals["deletes"] > pol["max_deletes"]:
-        reasons.append(f"{totals['deletes']} deletions exceed max_deletes={pol['max_deletes']}")
+    counts = sp.plan.counts()
+    removed = sum(c.get("delete", 0) for t in ("students", "vespa_scores") for c in counts.get(t, {}).values())
+    if removed > pol["max_deletes"]:  # students and completions; their answers go with them, uncounted
+        reasons.append(f"{removed} deletions (students and completions) exceed max_deletes={pol['max_deletes']}")
+    losses = school_losses(con, sp)
+    for loss in losses:
+        if loss["lost"] >= SCHOOL_LOSS_FROM and loss["lost"] > pol["max_school_loss"] * loss["students"]:
+            reasons.append(f"establishment {loss['establishment']} would lose {loss['lost']} of its {loss['students']} "
+                           f"students ({loss['lost'] / loss['students']:.0%}), above max_school_loss="
+                           f"{pol['max_school_loss']:.0%}")
     changes = totals["inserts"] + totals["updates"] + totals["deletes"]
     ratio = changes / max(1, totals["desired_rows"])
     # ratio_floor: a change of at most that many rows is not judged by the ratios (2 changes in a year
@@ -340,7 +372,8 @@ def policy_decision(con: Any, sp: SyncPlan, policy: dict | None) -> dict:
                        f"{prev['run_id']} ({drift:.1%}, above max_count_change={pol['max_count_change']:.0%})")
     if sp.plan.blocked:
         reasons.append(sp.plan.blocked)
-    figures = {"policy": pol, **totals, "change_ratio": round(ratio, 4), "count_change": round(drift, 4),
+    figures = {"policy": pol, **totals, "deleted_students_and_completions": removed, "school_losses": losses,
+               "change_ratio": round(ratio, 4), "count_change": round(drift, 4),
                "previous_run": prev["run_id"] if prev else None, "comparison": _comparison(sp.year, prev),
                "touched_years": touched}
     return {"approved": not reasons, "reasons": reasons, "figures": figures}
