@@ -264,15 +264,15 @@ class Scenario:
         assert all(c["passed"] for c in done.manifest["checks"])
 
     def row_year_transition_rollover_plan(self) -> None:
-        """mode=rollover without approve: the plan and its fingerprint, nothing written; the run is
-        reported failed (rollover_applied: "not applied: review the plan and pass approve=...")."""
+        """mode=rollover without approve: a plan, like sync_check's and the import's: its fingerprint,
+        nothing written, and the run passes (rollover_planned: "review the plan and pass approve=...")."""
         self.needs("sync_check-apply")
         before = self.sums()
         plan = self.run("year_transition", mode="rollover", as_of=ROLL_DAY)
-        failed = {n for n, c in plan.checks.items() if not c["passed"]}
-        assert plan.code == 1 and failed == {"rollover_applied", "rollover_verified_empty"}, plan.why()
+        assert plan.code == 0 and plan.manifest["status"] == "passed", plan.why()
+        assert "rollover_applied" not in plan.checks and plan.manifest["write_committed"] is False
         assert plan.checks["rollover_ready"]["passed"] and len(plan.fingerprint) == 64
-        assert f"approve={plan.fingerprint}" in plan.checks["rollover_applied"]["detail"]
+        assert f"approve={plan.fingerprint}" in plan.checks["rollover_planned"]["detail"]
         assert differing(before, self.sums()) == []
         self.state["rollover_plan"] = plan
 

@@ -172,7 +172,11 @@ def test_runbook_validates_then_rehearses_the_rollover_on_a_copy(template, tmp_p
     runs = sorted((tmp_path / "out").rglob("checks.json"))
     names = {c["name"]: c["passed"] for c in json.loads(runs[-1].read_text())}
     assert names["rollover_applied"] and names["rollover_verified_empty"] and names["closed_year_frozen"]
-    assert cli.main([*base, "-p", "mode=rollover", "-p", "as_of='2026-08-01'"]) == 1  # no approval: fails
+    assert cli.main([*base, "-p", "mode=rollover", "-p", "as_of='2026-08-01'"]) == 0  # no approval: a plan
+    assert path.read_bytes() == untouched
+    plan = json.loads(sorted((tmp_path / "out").rglob("checks.json"))[-1].read_text())
+    assert {c["name"] for c in plan} >= {"rollover_ready", "rollover_planned"}
+    assert "rollover_applied" not in {c["name"] for c in plan}
 
 
 # --- calendar-year schools: the 1 January close (docs/YEARLY_PROCEDURE.md) ---------------------------
