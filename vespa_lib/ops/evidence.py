@@ -163,12 +163,29 @@ def scrub_tree(obj: Any, scrubber: privacy.Scrubber) -> Any:
     return obj
 
 
+_EXPORTERS: list[Any] = []  # the report exporter a warm-up built (one per process, used once)
+
+
+def _new_exporter() -> Any:
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(template_name="report", extra_template_basedirs=[str(TEMPLATES)],
+                        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+                        embed_images=True)
+
+
 def warm_renderer() -> threading.Thread:
-    """Import nbconvert's HTML exporter in a background thread (a third of a second per run), so that
-    it loads while the kernel runs the cells; ``join()`` it before :func:`finalise`."""
+    """Build the report's exporter in a background thread (importing nbconvert and compiling its
+    templates: half a second of every run), so that it happens while the kernel runs the cells;
+    ``join()`` it before :func:`finalise`, which uses it."""
     def load() -> None:
-        with contextlib.suppress(Exception):  # finalise imports it again and reports any real error
-            import nbconvert.exporters.html  # noqa: F401
+        with contextlib.suppress(Exception):  # render_report builds its own and reports any real error
+            import nbformat
+
+            exporter = _new_exporter()
+            empty = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")])
+            exporter.from_notebook_node(empty, resources={"vespa_verdict": ""})  # compiles every template
+            _EXPORTERS.append(exporter)
 
     thread = threading.Thread(target=load, name="vespa-warm-renderer", daemon=True)
     thread.start()
@@ -179,11 +196,7 @@ def render_report(nb: Any, path: Path, manifest: dict[str, Any] | None = None) -
     """Write the notebook as self-contained HTML without code cells (images embedded, no CDN links),
     opening with the verdict box of ``manifest`` (report.verdict_html); a failed run's report stops
     at the failed cell."""
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(template_name="report", extra_template_basedirs=[str(TEMPLATES)],
-                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
-                            embed_images=True)
+    exporter = _EXPORTERS.pop() if _EXPORTERS else _new_exporter()
     verdict = report.verdict_html(manifest, path.parent, report.failure(nb)) if manifest else ""
     shown = report.report_notebook(nb)
     if manifest:
