@@ -8,10 +8,15 @@ import html
 import os
 from pathlib import Path
 
+from . import calendar
 from .invariants import TABLES
 from .night import NightRecord
 
 __all__ = ["timeline_chart", "write_report"]
+
+
+MARKS = ((calendar.CALENDAR_CLOSE, "1 Jan close"), (calendar.REFUSE, "refused export"),
+         (calendar.ROLLOVER, "1 Aug rollover"))  # dotted lines on the timeline
 
 
 def timeline_chart(records: list[NightRecord], path: Path) -> Path:
@@ -21,7 +26,7 @@ def timeline_chart(records: list[NightRecord], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, axes = plt.subplots(len(TABLES), 1, figsize=(11, 2.6 * len(TABLES)), sharex=True)
+    fig, axes = plt.subplots(len(TABLES), 1, figsize=(12, 2.6 * len(TABLES)), sharex=True)
     nights = [r.night for r in records]
     every = sorted({label for r in records for by_label in r.counts.values() for label in by_label})
     palette = plt.get_cmap("tab10")
@@ -31,10 +36,17 @@ def timeline_chart(records: list[NightRecord], path: Path) -> Path:
         for label in labels:
             ax.plot(nights, [r.counts.get(table, {}).get(label, 0) for r in records], marker=".", label=label,
                     color=colour[label])
+        for day, text in MARKS:
+            if nights and nights[0] <= day <= nights[-1]:
+                ax.axvline(day, color="grey", linestyle=":", linewidth=1)
+                if table == TABLES[0]:
+                    ax.annotate(text, (day, 1.0), xycoords=("data", "axes fraction"), fontsize=7, rotation=90,
+                                va="top", ha="right", color="grey")
         ax.set_title(table, fontsize=10)
         ax.set_ylabel("rows")
         if labels:
-            ax.legend(fontsize=7, loc="upper left", ncol=4)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="academic year",
+                      title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
