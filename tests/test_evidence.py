@@ -199,7 +199,16 @@ def test_killed_run_leaves_a_running_manifest_shown_as_interrupted(tmp_path):
                             str(outputs), "run", "selftest", "-p", "rows=3"], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not psutil.Process(cli.pid).children(recursive=True):
+    def kernel_up() -> bool:  # not any child (git, asked for the manifest's commit, comes first)
+        for child in psutil.Process(cli.pid).children(recursive=True):
+            try:
+                if "ipykernel_launcher" in " ".join(child.cmdline()):
+                    return True
+            except psutil.Error:  # a child that has just exited
+                continue
+        return False
+
+    while time.monotonic() < deadline and not kernel_up():
         time.sleep(0.05)  # the kernel is up: the run is under way
     killed = _kill_tree(cli.pid)
     assert len(killed) >= 2, "the kernel never started"

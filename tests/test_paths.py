@@ -43,8 +43,11 @@ SYNC_DAY = "2026-03-15"  # the fresh export's date (prodshape_world)
 ROLL_DAY = "2026-08-01"
 POLICY = {"max_deletes": 50, "max_change_ratio": 0.2, "max_count_change": 0.2, "require_current_year_only": True,
           "require_no_refused": True}  # params/production/sync_check.yaml
+# Three dated current-year scores: an undated one is the set-aside F1 copy of a record still in Knack, which
+# the sync keeps as it is (so it would keep the drift too); ids are random, so which rows are picked varies.
 DRIFT_SQL = ("UPDATE vespa_scores SET vision = CASE WHEN vision >= 5 THEN vision - 1 ELSE vision + 1 END WHERE id IN "
-             f"(SELECT id FROM vespa_scores WHERE academic_year = '{CURRENT}' AND vision IS NOT NULL ORDER BY id LIMIT 3)")
+             f"(SELECT id FROM vespa_scores WHERE academic_year = '{CURRENT}' AND vision IS NOT NULL "
+             "AND completion_date IS NOT NULL ORDER BY id LIMIT 3)")
 DATA_ONLY = ("public",)  # a sync plan records a "planned" ledger row: its data tables must not change
 STATS = ("school_statistics", "national_statistics")
 RECOMPUTED = {"id", "calculated_at"}  # what recomputing equal statistics may renew (production's DDL)
