@@ -81,6 +81,7 @@ def test_short_rehearsal_runs_every_key_night_with_no_invariant_violation(pg_ser
     assert summary_line(rehearsal).endswith(" 0 invariant violations")
 
 
+@pytest.mark.heavy  # make test's short rehearsal covers it: its syncs of 25-26 January follow the close
 @pytest.mark.postgres
 @pytest.mark.notebook
 @pytest.mark.slow
