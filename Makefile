@@ -42,7 +42,7 @@ lint: $(STAMP)  ## ruff
 lab: $(STAMP)  ## open JupyterLab on notebooks/ with the project kernel
 	$(VENV)/bin/jupyter lab notebooks/
 
-test-heavy: $(STAMP)  ## the tests too long for make test: realistic-scale import, demo-pg, the January close rehearsed
+test-heavy: $(STAMP)  ## the tests too long for make test: realistic-scale import, demo-pg, the two January-close rehearsal tests
 	$(PY) -m pytest -m heavy
 
 test-realistic: $(STAMP)  ## the import runbook through vespa-ops at realistic scale (plan, apply, re-plan; also in make test-heavy)

@@ -137,6 +137,7 @@ def _edit_one_uk_score(export, day_range=("2025-09-01", "2025-11-30")):
         writer.writerows(rows)
 
 
+@pytest.mark.heavy  # make test's short rehearsal covers it: its 1 January sync applies, then the close is approved
 @pytest.mark.postgres
 @pytest.mark.notebook
 @pytest.mark.slow
