@@ -159,14 +159,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                             scrubber=privacy.Scrubber(secrets), repo=root)  # a killed run stays visible
     print(f"Running {name} (run {run_id}) ...", flush=True)
     log = SectionLog(name)
-    warm = evidence.warm_renderer()  # the report's renderer loads while the kernel works
     with tempfile.TemporaryDirectory(prefix="vespa-run-") as tmp:
         executed = Path(tmp) / f"{name}.ipynb"
         try:
             error = execute(path, executed, values, root=root, run_dir=run_dir, run_id=run_id,
                             timeout=args.timeout, kernel=args.kernel, hooks=log.hooks())
             failed_in = log.finish(error)
-            warm.join()
             manifest = evidence.finalise(run_dir, executed, runbook=name, run_id=run_id, parameters=parameters,
                                          started_at=started, error=error, scrubber=privacy.Scrubber(secrets),
                                          repo=root)

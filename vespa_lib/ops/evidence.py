@@ -18,14 +18,12 @@ run failed with a ``SecretLeak`` error.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
 import os
 import secrets as _secrets
 import socket
 import subprocess
-import threading
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -163,9 +161,6 @@ def scrub_tree(obj: Any, scrubber: privacy.Scrubber) -> Any:
     return obj
 
 
-_EXPORTERS: list[Any] = []  # the report exporter a warm-up built (one per process, used once)
-
-
 def _new_exporter() -> Any:
     from nbconvert import HTMLExporter
 
@@ -174,29 +169,11 @@ def _new_exporter() -> Any:
                         embed_images=True)
 
 
-def warm_renderer() -> threading.Thread:
-    """Build the report's exporter in a background thread (importing nbconvert and compiling its
-    templates: half a second of every run), so that it happens while the kernel runs the cells;
-    ``join()`` it before :func:`finalise`, which uses it."""
-    def load() -> None:
-        with contextlib.suppress(Exception):  # render_report builds its own and reports any real error
-            import nbformat
-
-            exporter = _new_exporter()
-            empty = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("warm-up")])
-            exporter.from_notebook_node(empty, resources={"vespa_verdict": ""})  # compiles every template
-            _EXPORTERS.append(exporter)
-
-    thread = threading.Thread(target=load, name="vespa-warm-renderer", daemon=True)
-    thread.start()
-    return thread
-
-
 def render_report(nb: Any, path: Path, manifest: dict[str, Any] | None = None) -> Path:
     """Write the notebook as self-contained HTML without code cells (images embedded, no CDN links),
     opening with the verdict box of ``manifest`` (report.verdict_html); a failed run's report stops
     at the failed cell."""
-    exporter = _EXPORTERS.pop() if _EXPORTERS else _new_exporter()
+    exporter = _new_exporter()
     verdict = report.verdict_html(manifest, path.parent, report.failure(nb)) if manifest else ""
     shown = report.report_notebook(nb)
     if manifest:
